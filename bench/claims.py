@@ -1,0 +1,144 @@
+"""The paper's efficiency claims (REFERENCE.md section 6) checked against the result CSV.
+
+Each claim compares DiG with one baseline at one size and resolution, in training mode, patch 2,
+at a batch both were measured with; it reports our value beside the paper's and the CSV rows
+(model, resolution, batch) it came from, or "not measured" when the rows are missing.
+"""
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .registry import is_reference_scan
+
+
+@dataclass(frozen=True)
+class Claim:
+    text: str
+    baseline: str
+    size: str
+    resolution: int
+    kind: str  # "speedup": DiG img/s over baseline img/s; "memory_saving": 1 - DiG mem / baseline mem
+    paper: float
+
+
+PAPER_CLAIMS = (
+    Claim("DiG-S/2 is 2.5x faster than DiT-S/2 at 1792x1792", "DiT", "S", 1792, "speedup", 2.5),
+    Claim("DiG-S/2 uses 75.7% less GPU memory than DiT-S/2 at 1792x1792", "DiT", "S", 1792,
+          "memory_saving", 0.757),
+    Claim("DiG-XL/2 is 4.2x faster than DiS-XL/2 at 1024", "DiS", "XL", 1024, "speedup", 4.2),
+    Claim("DiG-S/2 is 2.0x faster than DiS-S/2 at 1024", "DiS", "S", 1024, "speedup", 2.0),
+    Claim("DiG-XL/2 is 1.8x faster than Flash-DiT-XL/2 at 2048", "Flash-DiT", "XL", 2048, "speedup", 1.8),
+)
+# Not claimed by the paper: the same comparisons against the strongest attention we have.
+EXTRA_CLAIMS = (
+    Claim("DiG-S/2 vs Flash-DiT-S/2 at 1792, speed", "Flash-DiT", "S", 1792, "speedup", float("nan")),
+    Claim("DiG-S/2 vs DiT-cuDNN-S/2 at 1792, speed", "DiT-cuDNN", "S", 1792, "speedup", float("nan")),
+    Claim("DiG-S/2 vs Flash-DiT-S/2 at 1792, memory", "Flash-DiT", "S", 1792, "memory_saving", float("nan")),
+    Claim("DiG-XL/2 vs DiT-cuDNN-XL/2 at 2048, speed", "DiT-cuDNN", "XL", 2048, "speedup", float("nan")),
+)
+
+
+def memory_metric(frame: pd.DataFrame) -> str:
+    return "peak_mem_alloc" if (frame["metric"] == "peak_mem_alloc").any() else "peak_mem_rss"
+
+
+def point(frame: pd.DataFrame, family: str, size: str, resolution: int, metric: str) -> pd.DataFrame:
+    """Training rows of one model at one resolution (all batches), patch 2, one metric.
+
+    DiS rows that ran the reference scan are dropped: they are not the DiS speed.
+    """
+    rows = frame[(frame["family"] == family) & (frame["size"] == size) & (frame["patch"] == 2)
+                 & (frame["resolution"] == resolution) & (frame["mode"] == "train")
+                 & (frame["metric"] == metric) & frame["status"].isin(["ok", "OOM"])]
+    return rows[~rows["backend"].map(is_reference_scan)]
+
+
+def source(row) -> str:
+    value = f"{row['median']:.3g} {row['unit']}" if row["status"] == "ok" else row["status"]
+    return f"{row['model']} {int(row['resolution'])}px b{int(row['batch'])}: {value}"
+
+
+def evaluate(frame: pd.DataFrame, claim: Claim) -> dict:
+    """{'measured', 'verdict', 'rows'} for one claim; 'not measured' when rows are missing."""
+    metric = "throughput" if claim.kind == "speedup" else memory_metric(frame)
+    ours = point(frame, "DiG", claim.size, claim.resolution, metric)
+    theirs = point(frame, claim.baseline, claim.size, claim.resolution, metric)
+    batches = sorted(set(ours["batch"]) & set(theirs["batch"]))
+    if not batches:
+        reason = "not measured"
+        if claim.baseline == "DiS" and (frame["family"] == "DiS").any() and theirs.empty:
+            reason += " (no DiS rows with the fast scan; reference-scan rows are not the DiS speed)"
+        return {"measured": reason, "verdict": "-", "rows": "-"}
+    batch = batches[-1]  # the largest batch both ran: closest to the memory-bound regime
+    a = ours[ours["batch"] == batch].iloc[0]
+    b = theirs[theirs["batch"] == batch].iloc[0]
+    rows = f"{source(a)}; {source(b)}"
+    if a["status"] != "ok":
+        both = "both OOM" if b["status"] != "ok" else f"DiG OOM, {claim.baseline} runs"
+        return {"measured": both, "verdict": "does not hold" if b["status"] == "ok" else "-", "rows": rows}
+    if b["status"] != "ok":
+        return {"measured": f"{claim.baseline} OOM, DiG runs", "verdict": "holds (baseline OOM)",
+                "rows": rows}
+    if claim.kind == "speedup":
+        value = a["median"] / b["median"]
+        measured, better = f"{value:.2f}x", value > 1
+    else:
+        value = 1 - a["median"] / b["median"]
+        measured, better = f"{100 * value:.1f}% less", value > 0
+    if pd.isna(claim.paper):
+        verdict = "DiG better" if better else "DiG worse"
+    elif value >= claim.paper:
+        verdict = "holds"
+    else:
+        verdict = "weaker (DiG better, less than the paper)" if better else "does not hold"
+    return {"measured": measured, "verdict": verdict, "rows": rows}
+
+
+def crossovers(frame: pd.DataFrame, size: str = "S", batch: int | None = None) -> dict:
+    """Per baseline family: smallest resolution from which DiG is faster at every measured higher one.
+
+    Uses training throughput at one batch (the most common one unless given). A baseline OOM at a
+    resolution where DiG runs counts as DiG faster. Value None: DiG is not faster at the largest.
+    """
+    rows = frame[(frame["size"] == size) & (frame["patch"] == 2) & (frame["mode"] == "train")
+                 & (frame["metric"] == "throughput") & frame["status"].isin(["ok", "OOM"])]
+    rows = rows[~rows["backend"].map(is_reference_scan)]
+    if rows.empty or not (rows["family"] == "DiG").any():
+        return {}
+    if batch is None:
+        batch = int(rows["batch"].value_counts().index[0])
+    rows = rows[rows["batch"] == batch]
+    dig = rows[rows["family"] == "DiG"].set_index("resolution")
+    result = {}
+    for family in sorted(set(rows["family"]) - {"DiG"}):
+        other = rows[rows["family"] == family].set_index("resolution")
+        common = sorted(set(dig.index) & set(other.index))
+        wins = [dig.loc[r, "status"] == "ok" and (other.loc[r, "status"] == "OOM"
+                                                  or dig.loc[r, "median"] > other.loc[r, "median"])
+                for r in common]
+        start = None
+        for resolution, win in zip(reversed(common), reversed(wins)):
+            if not win:
+                break
+            start = resolution
+        if common:
+            result[family] = {"from": start, "resolutions": common, "batch": batch}
+    return result
+
+
+def efficiency_claim(frame: pd.DataFrame) -> dict:
+    """The paper's 'DiG is more efficient than the others starting from 512' (Fig. 2 baselines)."""
+    found = crossovers(frame)
+    paper_baselines = [f for f in ("DiT", "DiS") if f in found]
+    if not paper_baselines:
+        return {"measured": "not measured", "verdict": "-", "rows": "-"}
+    parts = [f"vs {f}: from {found[f]['from'] or 'never'}" for f in sorted(found)]
+    holds = all(found[f]["from"] is not None and found[f]["from"] <= 512 for f in paper_baselines)
+    missing = [f for f in ("DiT", "DiS") if f not in found]
+    verdict = "holds" if holds else "does not hold"
+    if missing:
+        verdict += f" (not measured: {', '.join(missing)})"
+    first = next(iter(found.values()))
+    rows = f"S/2 train b{first['batch']}, resolutions {', '.join(str(int(r)) for r in first['resolutions'])}"
+    return {"measured": "; ".join(parts), "verdict": verdict, "rows": rows}

@@ -1,0 +1,132 @@
+"""Environment of a benchmark run: device, driver, versions, optional backends, git commit."""
+
+import datetime
+import functools
+import importlib.metadata
+import json
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+from .registry import import_error
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Packages whose version changes the numbers (recorded as JSON in every row).
+TRACKED_PACKAGES = ("numpy", "einops", "timm", "fla-core", "flash-linear-attention", "flash-attn",
+                    "mamba-ssm", "causal-conv1d", "nvidia-ml-py", "pandas", "matplotlib")
+OPTIONAL_BACKENDS = ("flash_attn", "fla.ops.gla", "mamba_ssm")
+
+
+def device_kind(requested: str = "auto") -> str:
+    """'cuda' or 'cpu'; 'auto' picks CUDA when a GPU is visible."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA GPU.")
+    return requested
+
+
+def device_name(device: str) -> str:
+    """The GPU's name (part of every result key), or 'cpu'."""
+    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def nvml_handle():
+    """NVML handle of torch's current GPU, matched by UUID; raises if NVML cannot find it."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+
+
+def driver_version() -> str:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception as error:  # no NVML library on a CPU machine: say so in the column
+        return f"unknown ({type(error).__name__})"
+
+
+def package_versions() -> dict:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str:
+    """`git describe --always --dirty` of the repository, or 'none' outside a repo / before a commit."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, check=False,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "none"
+
+
+@functools.cache
+def environment(device: str) -> dict:
+    """Columns recorded in every CSV row (except the timestamp, taken per row)."""
+    import triton
+
+    return {
+        "gpu": device_name(device),
+        "driver": driver_version() if device == "cuda" else "",
+        "cuda": torch.version.cuda or "",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "packages": json.dumps(package_versions(), sort_keys=True),
+        "git_commit": git_commit(),
+        "host": socket.gethostname(),
+    }
+
+
+def timestamp() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def sdpa_backend_error(backend_name: str) -> str | None:
+    """None if SDPA's `backend_name` (FLASH_ATTENTION, CUDNN_ATTENTION) runs a DiT-shaped call here."""
+    if not torch.cuda.is_available():
+        return "needs CUDA"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 6, 256, 64, device="cuda", dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel(getattr(SDPBackend, backend_name)):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        torch.cuda.synchronize()
+    except Exception as error:  # any failure means: not usable here, with the reason
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+    return None
+
+
+def describe() -> list[tuple[str, str]]:
+    """(what, value) lines for `bench.py env`."""
+    device = device_kind()
+    env = environment(device)
+    lines = [(key, env[key]) for key in ("gpu", "driver", "cuda", "torch", "triton", "python",
+                                          "git_commit", "host")]
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        count = torch.cuda.device_count()
+        lines.append(("gpu memory", f"{props.total_memory / 2**30:.1f} GiB, {count} GPU(s)"))
+    lines.append(("packages", env["packages"]))
+    for module in OPTIONAL_BACKENDS:
+        reason = import_error(module)
+        lines.append((module, "available" if reason is None else f"unavailable: {reason}"))
+    for backend in ("FLASH_ATTENTION", "CUDNN_ATTENTION"):
+        reason = sdpa_backend_error(backend)
+        lines.append((f"SDPA {backend}", "available" if reason is None else f"unavailable: {reason}"))
+    return lines

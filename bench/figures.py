@@ -1,0 +1,189 @@
+"""Figures from the result CSVs only (never from live measurements): Fig. 2, Fig. 3, kernels.
+
+Every figure carries the GPU, batch, dtype and a one-line protocol note (bench/PROTOCOL.md).
+"""
+
+from pathlib import Path
+
+import matplotlib.transforms as mtransforms
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+from .registry import FIG2_FAMILIES, FIG3_FAMILIES, SIZES, is_reference_scan
+
+REFERENCE_SCAN_SUFFIX = " (reference scan: not the DiS speed)"
+PROTOCOL_NOTE = ("img/s = {mode}, median over timed steps, bars p20-p80; memory = {memory}; "
+                 "each point in a fresh process; x = out of memory. Protocol: bench/PROTOCOL.md")
+MEMORY_NOTE = {"peak_mem_alloc": "torch.cuda.max_memory_allocated, GiB = 2^30 B",
+               "peak_mem_rss": "peak RSS of the point's process (CPU run), GiB = 2^30 B"}
+MODE_NOTE = {"train": "full training step (fwd, MSE, bwd, AdamW)", "infer": "forward under no_grad"}
+
+
+def single_run(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the GPU and dtype with the most rows (a merged CSV can hold several machines)."""
+    if frame.empty:
+        return frame
+    gpu = frame["gpu"].value_counts().index[0]
+    frame = frame[frame["gpu"] == gpu]
+    return frame[frame["dtype"] == frame["dtype"].value_counts().index[0]]
+
+
+def series_name(row) -> str:
+    """The family, or a DiS label that says it ran the reference scan."""
+    return row["family"] + (REFERENCE_SCAN_SUFFIX if is_reference_scan(row["backend"]) else "")
+
+
+def pick_batch(frame: pd.DataFrame, batch: int | None, tokens: int | None) -> tuple:
+    """(rows of one fixed batch or of one token budget, title fragment).
+
+    Without rows at the wanted batch, the batch with the most rows (the title says which).
+    """
+    if tokens is not None:
+        wanted = (tokens // frame["tokens"]).clip(lower=1)
+        return frame[frame["batch"] == wanted], f"token budget {tokens}/step"
+    if frame.empty:
+        return frame, "no rows"
+    if batch is None or not (frame["batch"] == batch).any():
+        batch = int(frame["batch"].value_counts().index[0])
+    return frame[frame["batch"] == batch], f"batch {batch}"
+
+
+def ordered(names, preferred) -> list:
+    names = list(dict.fromkeys(names))
+    return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
+
+
+def footnote(fig, text: str) -> None:
+    fig.text(0.01, 0.005, text, fontsize=7, color="0.3", ha="left", va="bottom", wrap=True)
+
+
+def _plot_metric(ax, rows: pd.DataFrame, series: list, colors: dict, errorbars: bool) -> None:
+    top = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for name in series:
+        points = rows[rows["series"] == name].sort_values("resolution")
+        ok = points[points["status"] == "ok"]
+        style = "--" if name.endswith(REFERENCE_SCAN_SUFFIX) else "-"
+        if not ok.empty:
+            yerr = [ok["median"] - ok["p20"], ok["p80"] - ok["median"]] if errorbars else None
+            ax.errorbar(ok["resolution"], ok["median"], yerr=yerr, marker="o", ls=style, capsize=2,
+                        color=colors[name], label=name)
+        oom = points[points["status"] == "OOM"]
+        ax.scatter(oom["resolution"], [0.97] * len(oom), marker="x", s=60, color=colors[name],
+                   transform=top, clip_on=False, label=None if not ok.empty else f"{name} (OOM)")
+
+
+def fig2(frame: pd.DataFrame, out_path: Path, batch: int | None = None,
+         tokens: int | None = None, mode: str = "train") -> Path | None:
+    """S/2 throughput and peak memory vs resolution; None if the CSV has no S/2 rows of `mode`."""
+    rows = single_run(frame[(frame["size"] == "S") & (frame["patch"] == 2) & (frame["mode"] == mode)])
+    rows, batch_text = pick_batch(rows, batch, tokens)
+    if rows.empty:
+        return None
+    rows = rows.assign(series=rows.apply(series_name, axis=1))
+    memory_metric = "peak_mem_alloc" if (rows["metric"] == "peak_mem_alloc").any() else "peak_mem_rss"
+    series = ordered(rows["series"], FIG2_FAMILIES)
+    colors = {name: f"C{i}" for i, name in enumerate(series)}
+    fig = Figure(figsize=(12, 5))
+    ax_speed, ax_mem = fig.subplots(1, 2)
+    _plot_metric(ax_speed, rows[rows["metric"] == "throughput"], series, colors, errorbars=True)
+    _plot_metric(ax_mem, rows[rows["metric"] == memory_metric], series, colors, errorbars=False)
+    ax_speed.set_ylabel("training throughput (img/s)" if mode == "train" else "inference throughput (img/s)")
+    ax_mem.set_ylabel(f"{memory_metric} (GiB)")
+    for ax in (ax_speed, ax_mem):
+        ax.set_xlabel("resolution (px)")
+        ax.set_xticks(sorted(rows["resolution"].unique()))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    ax_speed.legend(fontsize=8)
+    first = rows.iloc[0]
+    fig.suptitle(f"Fig. 2: S/2 {mode} speed and memory vs resolution - {first['gpu']}, {batch_text}, "
+                 f"{first['dtype']} autocast")
+    missing = rows[(rows["metric"] == "throughput") & rows["status"].isin(["unavailable", "error"])]
+    skipped = "; ".join(sorted({f"{r.family}: {r.status}" for r in missing.itertuples()}))
+    footnote(fig, PROTOCOL_NOTE.format(mode=MODE_NOTE[mode], memory=MEMORY_NOTE[memory_metric])
+             + (f"\nnot drawn: {skipped}" if skipped else ""))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(out_path, dpi=130)
+    return out_path
+
+
+def relative_to_dig(rows: pd.DataFrame) -> pd.DataFrame:
+    """Throughput rows with column `relative` = img/s over DiG's img/s at the same size."""
+    dig = rows[(rows["family"] == "DiG") & (rows["status"] == "ok")].set_index("size")["median"]
+    return rows.assign(relative=rows["median"] / rows["size"].map(dig))
+
+
+def fig3(frame: pd.DataFrame, out_path: Path, resolutions=(1024, 2048),
+         batch_by_resolution: dict | None = None) -> Path | None:
+    """Grouped bars: throughput of each family relative to DiG, per size, one panel per resolution."""
+    rows = single_run(frame[(frame["patch"] == 2) & (frame["mode"] == "train")
+                            & (frame["metric"] == "throughput") & frame["resolution"].isin(resolutions)])
+    rows = rows[~rows["backend"].map(is_reference_scan)]  # DiS's reference scan is not the DiS speed
+    if rows.empty:
+        return None
+    panels = [r for r in resolutions if (rows["resolution"] == r).any()]
+    fig = Figure(figsize=(6.5 * len(panels), 4.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, resolution in zip(axes[0], panels):
+        wanted = (batch_by_resolution or {}).get(resolution)
+        panel, batch_text = pick_batch(rows[rows["resolution"] == resolution], wanted, None)
+        panel = relative_to_dig(panel)
+        sizes = [s for s in SIZES if (panel["size"] == s).any()]
+        families = ordered(panel["family"], FIG3_FAMILIES)
+        width = 0.8 / len(families)
+        for i, family in enumerate(families):
+            for j, size in enumerate(sizes):
+                point = panel[(panel["family"] == family) & (panel["size"] == size)]
+                x = j + (i - (len(families) - 1) / 2) * width
+                if point.empty:
+                    continue
+                point = point.iloc[0]
+                if point["status"] == "ok" and pd.notna(point["relative"]):
+                    ax.bar(x, point["relative"], width, color=f"C{i}", label=family if j == 0 else None)
+                    ax.text(x, point["relative"], f"{point['relative']:.2f}", ha="center", va="bottom",
+                            fontsize=6)
+                else:
+                    text = "no DiG" if point["status"] == "ok" else point["status"]
+                    ax.text(x, 0.02, text, rotation=90, ha="center", va="bottom", fontsize=6, color=f"C{i}")
+        ax.axhline(1.0, color="0.5", lw=0.8)
+        ax.set_xticks(range(len(sizes)), [f"{s}/2" for s in sizes])
+        ax.set_ylabel("training img/s relative to DiG (DiG = 1)")
+        ax.set_title(f"{resolution}x{resolution} ({(resolution // 16) ** 2} tokens), {batch_text}")
+        ax.legend(fontsize=7)
+    first = rows.iloc[0]
+    fig.suptitle(f"Fig. 3: speed relative to DiG by model size - {first['gpu']}, {first['dtype']} autocast")
+    footnote(fig, PROTOCOL_NOTE.format(mode=MODE_NOTE["train"], memory="not shown")
+             + "\nDiS rows run with the reference scan are excluded.")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(out_path, dpi=130)
+    return out_path
+
+
+def kernel_figure(frame: pd.DataFrame, out_path: Path) -> Path | None:
+    """Kernel time (ms) vs sequence length T, log-log, forward and forward+backward panels."""
+    rows = single_run(frame[(frame["metric"] == "time") & (frame["status"] == "ok")])
+    if rows.empty:
+        return None
+    modes = [m for m in ("fwd", "fwd+bwd") if (rows["mode"] == m).any()]
+    fig = Figure(figsize=(6.5 * len(modes), 4.8))
+    axes = fig.subplots(1, len(modes), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for provider, points in rows[rows["mode"] == mode].groupby("provider", sort=False):
+            points = points.sort_values("T")
+            floor = provider == "hbm-floor"
+            ax.plot(points["T"], points["median"], ls=":" if floor else "-", marker=None if floor else "o",
+                    color="0.4" if floor else None, label=provider)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T (tokens); B*T fixed")
+        ax.set_ylabel(f"{mode} time (ms)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    first = rows.iloc[0]
+    fig.suptitle(f"GLA and attention kernels - {first['gpu']}, {first['dtype']}, H={first['H']}, "
+                 f"K={first['K']}, V={first['V']}, B*T={int(first['B'] * first['T'])}")
+    footnote(fig, "triton.testing.do_bench median; hbm-floor = bytes GLA must move / measured "
+                  "device copy bandwidth; attention head dim 64, non-causal. See bench/kernels.py")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out_path, dpi=130)
+    return out_path

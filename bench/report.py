@@ -1,0 +1,144 @@
+"""reports/REPORT.md from the CSVs: protocol, environment, figures, claims, tables, failures."""
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .claims import EXTRA_CLAIMS, PAPER_CLAIMS, efficiency_claim, evaluate, memory_metric
+from .env import timestamp
+from .figures import FIG2_FAMILIES, ordered, single_run
+from .registry import is_reference_scan
+
+PROTOCOL_PATH = Path(__file__).with_name("PROTOCOL.md")
+ENV_FIELDS = ("gpu", "driver", "cuda", "torch", "triton", "python", "packages", "git_commit", "host")
+
+
+def md_table(headers, rows) -> str:
+    """A GitHub markdown table ('|' inside cells escaped)."""
+    def cell(value):
+        return str(value).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(map(cell, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def environment_section(frame: pd.DataFrame) -> str:
+    rows = [(field, "; ".join(sorted(set(frame[field].astype(str)))))
+            for field in ENV_FIELDS if field in frame]
+    stamps = sorted(frame["timestamp"].astype(str))
+    rows.append(("measured", f"{stamps[0]} .. {stamps[-1]}" if stamps else "-"))
+    return md_table(("what", "value"), rows)
+
+
+def cell_text(row) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    if row["unit"] == "img/s":
+        return f"{row['median']:.3g} ({row['p20']:.3g}-{row['p80']:.3g})"
+    return f"{row['median']:.2f}"
+
+
+def pivot_section(frame: pd.DataFrame, metric: str, size: str, mode: str = "train") -> str | None:
+    """Family x resolution table of one metric (median (p20-p80) for img/s) at one size, per batch."""
+    rows = single_run(frame[(frame["metric"] == metric) & (frame["size"] == size) & (frame["mode"] == mode)])
+    if rows.empty:
+        return None
+    parts = []
+    for (patch, batch), group in rows.groupby(["patch", "batch"]):
+        group = group.assign(series=group["family"] + group["backend"].map(
+            lambda b: " (reference scan)" if is_reference_scan(b) else ""))
+        resolutions = sorted(group["resolution"].unique())
+        table = []
+        for series in ordered(group["series"], FIG2_FAMILIES):
+            line = group[group["series"] == series].set_index("resolution")
+            table.append([series] + [cell_text(line.loc[r]) if r in line.index else "" for r in resolutions])
+        unit = group["unit"].iloc[0]
+        parts.append(f"**{size}/{int(patch)}, {mode}, batch {int(batch)}, {metric} ({unit})**\n\n"
+                     + md_table(["family"] + [f"{int(r)} px" for r in resolutions], table))
+    return "\n\n".join(parts)
+
+
+def claims_section(frame: pd.DataFrame) -> str:
+    rows = []
+    for claim in PAPER_CLAIMS:
+        result = evaluate(frame, claim)
+        paper = f"{claim.paper:.1f}x" if claim.kind == "speedup" else f"{100 * claim.paper:.1f}% less"
+        rows.append((claim.text, paper, result["measured"], result["verdict"], result["rows"]))
+    result = efficiency_claim(frame)
+    rows.append(("DiG is more efficient than the others from 512 (S/2 speed)", "from 512",
+                 result["measured"], result["verdict"], result["rows"]))
+    text = md_table(("paper claim", "paper", "measured here", "verdict", "CSV rows (model res batch: value)"),
+                    rows)
+    extra = [(c.text, evaluate(frame, c)["measured"], evaluate(frame, c)["rows"]) for c in EXTRA_CLAIMS]
+    text += ("\n\nBeyond the paper (the strongest attention baselines we have):\n\n"
+             + md_table(("comparison", "measured here", "CSV rows"), extra))
+    return text + (f"\n\nSpeeds are training img/s; memory is {memory_metric(frame)} (GiB). A verdict needs "
+                   "both models at the same batch; DiS rows made with the reference scan are never used.")
+
+
+def failures_section(frame: pd.DataFrame) -> str:
+    rows = frame[(frame["metric"].isin(["throughput", "time"])) & ~frame["status"].isin(["ok", "OOM"])]
+    if rows.empty:
+        return "Every point ran (ok or OOM)."
+    name, where = ("model", "resolution") if "model" in rows else ("provider", "T")
+    table = sorted({(r[name], str(int(r[where])), r["mode"], r["status"], r["error"])
+                    for _, r in rows.iterrows()})
+    return md_table((name, where, "mode", "status", "reason"), table)
+
+
+def kernel_section(kernels: pd.DataFrame) -> str:
+    rows = single_run(kernels)
+    times = rows[rows["metric"] == "time"]
+    parts = []
+    for mode, group in times.groupby("mode", sort=False):
+        lengths = sorted(group["T"].unique())
+        table = []
+        for provider, line in group.groupby("provider", sort=False):
+            line = line.set_index("T")
+            cells = [("" if t not in line.index else f"{line.loc[t, 'median']:.3g}"
+                      if line.loc[t, "status"] == "ok" else line.loc[t, "status"]) for t in lengths]
+            table.append([provider] + cells)
+        parts.append(f"**{mode}, time (ms)**\n\n" + md_table(["provider"] + [f"T={int(t)}" for t in lengths],
+                                                              table))
+    checks = rows[rows["metric"].isin(["rel_err_o", "rel_err_grads", "floor_ratio", "fla_ratio", "bandwidth"])
+                  & (rows["status"] == "ok")]
+    if not checks.empty:
+        table = [(r.provider, r.mode, int(r.T), r.metric, f"{r.median:.3g} {r.unit}", r.reference)
+                 for r in checks.itertuples()]
+        parts.append("**ratios and errors beside each timing**\n\n"
+                     + md_table(("provider", "mode", "T", "metric", "value", "reference"), table))
+    return "\n\n".join(parts)
+
+
+def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figures: dict) -> Path:
+    """Write out_dir/REPORT.md; figures maps a caption to an image path (linked relatively)."""
+    from .results import load_frame
+
+    frame = load_frame(models_csv)
+    cpu = (frame["gpu"] == "cpu").all()
+    title = "# DiG efficiency benchmark" + (" (CPU run: CPU numbers, not GPU numbers)" if cpu else "")
+    sections = [title, f"Generated {timestamp()} by `python bench.py report` from `{models_csv.name}`"
+                + (f" and `{kernels_csv.name}`" if kernels_csv else "") + ".",
+                "## Environment\n\n" + environment_section(frame),
+                PROTOCOL_PATH.read_text().strip()]
+    if figures:
+        links = [f"![{caption}]({os.path.relpath(path, out_dir)})" for caption, path in figures.items()]
+        sections.append("## Figures\n\n" + "\n\n".join(links))
+    sections.append("## The paper's claims against our measurements\n\n" + claims_section(frame))
+    tables = [pivot_section(frame, metric, size) for size in ("S", "B", "L", "XL")
+              for metric in ("throughput", memory_metric(frame), "peak_mem_nvml")]
+    tables = [t for t in tables if t]
+    if tables:
+        sections.append("## Results\n\n" + "\n\n".join(tables))
+    if kernels_csv is not None:
+        sections.append("## Kernel benchmark\n\n" + kernel_section(load_frame(kernels_csv)))
+    else:
+        sections.append("## Kernel benchmark\n\nNot run here: `python bench.py kernels` writes kernels.csv.")
+    failures = [failures_section(frame)]
+    if kernels_csv is not None:
+        failures.append(failures_section(load_frame(kernels_csv)))
+    sections.append("## Points that did not run\n\n" + "\n\n".join(failures))
+    path = Path(out_dir) / "REPORT.md"
+    path.write_text("\n\n".join(sections) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""Compute kernels for gated-linear-attention diffusion backbones (see kernels/gla)."""

@@ -1,0 +1,86 @@
+"""Intra-sub-chunk products of chunked GLA (16 tokens), with a fast and an exact path.
+
+Every product here has the form sum over pairs (i, j) of a 16-token sub-chunk, weighted by
+exp(G_i - G_j) per key channel, where G is the gate cumsum inside the sub-chunk (decreasing).
+
+* Fast path: exp(G_i - G_j) = exp(G_i - G_0) * exp(G_0 - G_j), so the product is one tl.dot on
+  tensor cores. exp(G_0 - G_j) grows up to exp(range), range = G_0 - G_15, so it is used only
+  while range < SAFE_GATE_RANGE (60: exp(60) = 1e26, far from fp32's 3e38 even times |q| |k|).
+  DiG's gates (logsigmoid / 16) keep the range of 16 tokens near 1.
+* Exact path: the [16, 16, K] tensor exp(G_i - G_j), masked before exp, so a gate of -20 per step
+  (range 300) underflows to 0 and never overflows. Measured 6x slower on the H200, so it only
+  runs for sub-chunks whose gates need it (a runtime branch per sub-chunk).
+"""
+
+import triton
+import triton.language as tl
+
+SAFE_GATE_RANGE = tl.constexpr(60.0)
+
+
+@triton.jit
+def first_row(b_x, BC: tl.constexpr):
+    """Row 0 of a [BC, BK] tile as a [BK] vector."""
+    o_c = tl.arange(0, BC)
+    return tl.sum(tl.where((o_c == 0)[:, None], b_x, 0.0), axis=0)
+
+
+@triton.jit
+def fast_path_ok(b_gc, b_glast, BC: tl.constexpr):
+    """Scalar: the gate range of this sub-chunk lets the factored dot path stay finite."""
+    return tl.max(first_row(b_gc, BC) - b_glast, axis=0) < SAFE_GATE_RANGE
+
+
+@triton.jit
+def exact_decay(b_gc, m_keep):
+    """exp(G_i - G_j) where m_keep [BC, BC], else 0: [BC, BC, BK], masked before exp."""
+    b_diff = b_gc[:, None, :] - b_gc[None, :, :]
+    return tl.exp(tl.where(m_keep[:, :, None], b_diff, float("-inf")))
+
+
+@triton.jit
+def decayed_scores(b_a, b_b, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.constexpr):
+    """S_ij = sum_k a_ik b_jk exp(G_ik - G_jk) where m_keep, else 0. a, b: [BC, BK] -> [BC, BC]."""
+    if fast:
+        b_g0 = first_row(b_gc, BC)
+        b_ad = b_a * tl.exp(b_gc - b_g0[None, :])
+        b_bd = b_b * tl.exp(b_g0[None, :] - b_gc)
+        b_s = tl.dot(b_ad, tl.trans(b_bd), input_precision=PREC)
+    else:
+        b_s = tl.sum(b_a[:, None, :] * b_b[None, :, :] * exact_decay(b_gc, m_keep), axis=2)
+    return tl.where(m_keep, b_s, 0.0)
+
+
+@triton.jit
+def decayed_rows(b_w, b_x, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.constexpr):
+    """out_i = sum_j w_ij x_j exp(G_i - G_j) over m_keep. w: [BC, BC] (zero outside m_keep),
+    x: [BC, BK] -> [BC, BK]. (dq from dA and k.)"""
+    if fast:
+        b_g0 = first_row(b_gc, BC)
+        b_out = tl.dot(b_w, b_x * tl.exp(b_g0[None, :] - b_gc), input_precision=PREC)
+        b_out = b_out * tl.exp(b_gc - b_g0[None, :])
+    else:
+        b_out = tl.sum(b_w[:, :, None] * b_x[None, :, :] * exact_decay(b_gc, m_keep), axis=1)
+    return b_out
+
+
+@triton.jit
+def decayed_cols(b_w, b_x, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.constexpr):
+    """out_j = sum_i w_ij x_i exp(G_i - G_j) over m_keep. w: [BC, BC] (zero outside m_keep),
+    x: [BC, BK] -> [BC, BK]. (dk from dA and q.)"""
+    if fast:
+        b_g0 = first_row(b_gc, BC)
+        b_out = tl.dot(tl.trans(b_w), b_x * tl.exp(b_gc - b_g0[None, :]), input_precision=PREC)
+        b_out = b_out * tl.exp(b_g0[None, :] - b_gc)
+    else:
+        b_out = tl.sum(b_w[:, :, None] * b_x[:, None, :] * exact_decay(b_gc, m_keep), axis=0)
+    return b_out
+
+
+@triton.jit
+def exclusive_cumsum(b_x, BC: tl.constexpr, PREC: tl.constexpr):
+    """sum_{j<i} x_j along the rows of [BC, BK], as a dot with a strictly lower 0/1 matrix:
+    cumsum(x) - x would cancel a large x_i against itself when the prefix is tiny."""
+    o_c = tl.arange(0, BC)
+    b_lower = tl.where(o_c[:, None] > o_c[None, :], 1.0, 0.0)
+    return tl.dot(b_lower, b_x, input_precision=PREC)

@@ -1,0 +1,148 @@
+"""Per-GPU tuning of the chunked GLA launch configuration, persisted in a JSON cache.
+
+The cache file maps "<GPU name> | triton <version>" -> shape key -> best config and the timing
+table it was chosen from. Shape key: T bucket (next power of two), K, V, dtype. Location:
+$GLA_TUNING_CACHE if set, else $XDG_CACHE_HOME (or ~/.cache)/gla-diffusion/tuning.json.
+Lookups never tune: ``tune()`` (``python bench.py tune``) writes the cache, later runs read it.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import triton
+
+from .config import DEFAULT_CONFIG, CHUNK_SIZES, GLAConfig, chunk_candidates, state_candidates
+
+# DiG's GLA head dims in every size: K = D / (2H) = 32, V = D / H = 64. Token counts of the
+# resolutions 256 .. 2048 at patch 2 (and 4096 px) with B * T = 131072 tokens, H = 6 (ANCHORS.md).
+DIG_TUNING_SHAPES = tuple((131072 // T, T, 6, 32, 64) for T in (256, 1024, 4096, 9216, 12544, 16384, 65536))
+
+_memory_cache: dict = {}
+
+
+def cache_path() -> Path:
+    """Where the tuning cache lives (overridable with GLA_TUNING_CACHE)."""
+    if os.environ.get("GLA_TUNING_CACHE"):
+        return Path(os.environ["GLA_TUNING_CACHE"])
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "gla-diffusion" / "tuning.json"
+
+
+def device_key() -> str:
+    """GPU model and Triton version: a config tuned on one is not trusted on another."""
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return f"{name} | triton {triton.__version__}"
+
+
+def shape_key(T: int, K: int, V: int, dtype: torch.dtype) -> str:
+    return f"T{max(16, triton.next_power_of_2(T))}-K{K}-V{V}-{str(dtype).replace('torch.', '')}"
+
+
+def load_cache(path: Path | None = None) -> dict:
+    path = path or cache_path()
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"GLA tuning cache {path} is not valid JSON ({err}); delete it or re-run "
+                         "`python bench.py tune --force`.") from err
+
+
+def save_cache(cache: dict, path: Path | None = None) -> Path:
+    """Write atomically, so an interrupted tune never leaves half a file."""
+    path = path or cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def get_config(T, K, V, dtype, chunk_size=None, tune_allowed=True) -> GLAConfig:
+    """The cached config for this GPU and shape class, or the default. Never tunes.
+
+    ``chunk_size`` forces the chunk size (the other fields still come from the cache when its
+    entry has that chunk size). Without a GPU (``tune_allowed=False``) the cache is not read.
+    """
+    cfg = DEFAULT_CONFIG
+    if tune_allowed and torch.cuda.is_available():
+        key = (device_key(), shape_key(T, K, V, dtype))
+        if key not in _memory_cache:
+            entry = load_cache().get(key[0], {}).get(key[1])
+            _memory_cache[key] = GLAConfig(**entry["config"]) if entry else None
+        cfg = _memory_cache[key] or cfg
+    if chunk_size is not None and chunk_size != cfg.chunk_size:
+        cfg = GLAConfig(chunk_size=chunk_size, state_block_v=cfg.state_block_v,
+                        state_warps=cfg.state_warps, chunk_warps=cfg.chunk_warps,
+                        num_stages=cfg.num_stages)
+    return cfg
+
+
+def time_config(inputs, cfg: GLAConfig) -> float:
+    """Median ms of forward + backward with this config (compiled and warmed up first)."""
+    from .chunk import chunk_gla_bwd, chunk_gla_fwd
+
+    q, k, v, g, do = inputs
+    scale = q.shape[-1] ** -0.5
+
+    def step():
+        o, h, gl = chunk_gla_fwd(q, k, v, g, scale, None, False, cfg)
+        chunk_gla_bwd(q, k, v, g, h, gl, do, None, scale, False, False, cfg)
+
+    step()
+    return triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
+
+
+def random_inputs(B, T, H, K, V, dtype):
+    """DiG-like inputs: gates logsigmoid(x) / 16 as the model makes them."""
+    q, k = (torch.randn(B, T, H, K, device="cuda", dtype=dtype) for _ in range(2))
+    v, do = (torch.randn(B, T, H, V, device="cuda", dtype=dtype) for _ in range(2))
+    g = (torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, device="cuda")) / 16).to(dtype)
+    return q, k, v, g, do
+
+
+def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
+    """Two stages: chunk size x chunk warps, then the state-pass split. Returns the cache entry."""
+    inputs = random_inputs(B, T, H, K, V, dtype)
+    table = []
+    best = None
+    for stage in (chunk_candidates, state_candidates):
+        base = best[0] if best else DEFAULT_CONFIG
+        for cfg in stage(base):
+            ms = time_config(inputs, cfg)
+            table.append({**cfg.as_dict(), "ms": round(ms, 4)})
+            progress(f"  T={T} {cfg} -> {ms:.3f} ms")
+            if best is None or ms < best[1]:
+                best = (cfg, ms)
+    default_ms = time_config(inputs, DEFAULT_CONFIG)
+    return {"config": best[0].as_dict(), "ms": round(best[1], 4), "default_ms": round(default_ms, 4),
+            "shape": [B, T, H, K, V], "table": table}
+
+
+def tune(shapes=DIG_TUNING_SHAPES, dtype=torch.bfloat16, force=False, progress=print) -> list[dict]:
+    """Tune every shape class that the cache lacks (all with ``force``) and save the cache.
+
+    Returns one summary row per shape: shape, chosen config, its ms and the default's ms.
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("Tuning times Triton kernels and needs a CUDA GPU; none is visible.")
+    cache = load_cache()
+    dev = device_key()
+    entries = cache.setdefault(dev, {})
+    rows = []
+    for B, T, H, K, V in shapes:
+        key = shape_key(T, K, V, dtype)
+        if key not in entries or force:
+            progress(f"tuning {key} (B={B}, H={H}) on {dev}")
+            entries[key] = tune_shape(B, T, H, K, V, dtype, progress)
+            save_cache(cache)
+        e = entries[key]
+        rows.append({"key": key, "T": T, **e["config"], "ms": e["ms"], "default_ms": e["default_ms"]})
+    _memory_cache.clear()
+    return rows
+
+
+__all__ = ["CHUNK_SIZES", "cache_path", "get_config", "tune", "DIG_TUNING_SHAPES"]

@@ -1,0 +1,50 @@
+"""Pytest setup: new floating tensors from torch.empty* are NaN during tests; `gpu` tests need CUDA.
+
+NaN-filling (as fla's tests do) makes code that reads memory it never wrote fail loudly instead of
+passing by luck on whatever the allocator returned (often zeros on a fresh CPU page).
+"""
+
+import functools
+
+import pytest
+import torch
+
+
+# `with torch.device(...)` recognises factory functions by identity, from a set it builds once, at
+# its first use; build it now, before torch.empty is patched, or the set would hold the patched
+# wrapper and `with torch.device("meta")` would stop redirecting torch.empty.
+with torch.device("cpu"):
+    torch.empty(0)
+
+
+def _nan_filled(make_empty):
+    """Wrap a torch.empty*-like factory so floating and complex results come back NaN-filled."""
+
+    @functools.wraps(make_empty)
+    def make_nan_filled(*args, **kwargs):
+        out = make_empty(*args, **kwargs)
+        if (out.is_floating_point() or out.is_complex()) and not torch.compiler.is_compiling():
+            with torch.no_grad():  # the result may be a leaf with requires_grad=True
+                out.fill_(float("nan"))
+        return out
+
+    return make_nan_filled
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_empty_tensors(monkeypatch):
+    """Patch torch.empty, empty_like, empty_strided and Tensor.new_empty for one test; undone after it."""
+    for name in ("empty", "empty_like", "empty_strided"):
+        monkeypatch.setattr(torch, name, _nan_filled(getattr(torch, name)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", _nan_filled(torch.Tensor.new_empty))
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `gpu` when no CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,41 @@
+"""Error metrics shared by the tests: relative error in float64, where NaN or inf never passes."""
+
+import math
+
+import torch
+
+
+def rel_err(out, ref):
+    """||out - ref|| / ||ref|| computed in float64; inf if out holds NaN or inf, so it can never pass.
+
+    A reference of norm 0 gives 0 when out is exactly 0 too and inf otherwise.
+    """
+    out64 = out.detach().to(torch.float64)
+    ref64 = ref.detach().to(device=out64.device, dtype=torch.float64)
+    if out64.shape != ref64.shape:
+        raise ValueError(f"out has shape {tuple(out64.shape)} but ref has {tuple(ref64.shape)}.")
+    if not torch.isfinite(ref64).all():
+        raise ValueError("ref contains NaN or inf: the reference itself is broken.")
+    if not torch.isfinite(out64).all():
+        return math.inf
+    diff_norm = (out64 - ref64).norm().item()
+    ref_norm = ref64.norm().item()
+    if ref_norm == 0.0:
+        return 0.0 if diff_norm == 0.0 else math.inf
+    return diff_norm / ref_norm
+
+
+def assert_close_rel(name, out, ref, tol):
+    """Assert rel_err(out, ref) <= tol, with a message that says what differs and by how much."""
+    err = rel_err(out, ref)
+    if err <= tol:
+        return
+    out64 = out.detach().to(torch.float64)
+    ref64 = ref.detach().to(device=out64.device, dtype=torch.float64)
+    nonfinite = (~torch.isfinite(out64)).sum().item()
+    max_abs = (out64 - ref64).abs().nan_to_num(nan=math.inf).max().item()
+    raise AssertionError(
+        f"{name}: relative error {err:.3e} exceeds tolerance {tol:.3e} "
+        f"(shape {tuple(out.shape)}, dtype {out.dtype}, non-finite entries {nonfinite}, "
+        f"max |out - ref| {max_abs:.3e}, ||ref|| {ref64.norm().item():.3e})."
+    )

@@ -1,0 +1,122 @@
+"""Figures, claims and REPORT.md from a fixture CSV written here (values chosen so each claim's
+expected number is known), plus a kernel CSV from a tiny CPU run of the kernel benchmark."""
+
+import pandas as pd
+import pytest
+
+from bench import claims, figures
+from bench.cli import main
+from bench.kernels import KernelRun, KernelSettings
+from bench.results import MODEL_COLUMNS, load_frame, write_rows
+
+ENV = {"gpu": "NVIDIA H200", "driver": "580.65", "cuda": "13.0", "torch": "2.11.0+cu130", "triton": "3.6.0",
+       "python": "3.12.3", "packages": "{}", "git_commit": "abc1234", "host": "gpu-host",
+       "timestamp": "2026-11-22T10:00:00+00:00"}
+PREFIX = {"DiT": "DiT", "Flash-DiT": "DiT", "DiS": "DiS", "DiG": "DiG"}
+MAMBA, REFERENCE = "scan=mamba_ssm selective_scan_fn", "scan=reference (PyTorch)"
+
+
+def point(family, size, resolution, batch, img_s, mem_gib=None, backend="fast"):
+    """Throughput + memory rows of one training point; img_s None means out of memory."""
+    status = "OK" if img_s is None else "ok"
+    status = "OOM" if img_s is None else "ok"
+    base = dict(ENV, family=family, model=f"{PREFIX[family]}-{size}/2", size=size, patch=2,
+                resolution=resolution, tokens=(resolution // 16) ** 2, batch=batch, mode="train", status=status,
+                error="CUDA out of memory" if img_s is None else "", backend=backend, dtype="bf16", n_reps=10)
+    values = [("throughput", "img/s", img_s), ("peak_mem_alloc", "GiB", mem_gib)]
+    return [dict(base, metric=metric, unit=unit,
+                 median="" if value is None else value, p20="" if value is None else 0.95 * value,
+                 p80="" if value is None else 1.05 * value) for metric, unit, value in values]
+
+
+def fixture_rows():
+    rows = []
+    dit = {256: 100, 512: 40, 768: 35, 1024: 30, 1280: 25, 1536: 22, 1792: 20, 2048: None}
+    dig = {256: 60, 512: 55, 768: 54, 1024: 53, 1280: 52, 1536: 51, 1792: 50, 2048: 45}
+    flash = {256: 130, 512: 120, 1024: 80, 1792: 21, 2048: 13}
+    for resolution, value in dit.items():
+        rows += point("DiT", "S", resolution, 4, value, None if value is None else resolution / 112)
+        rows += point("DiG", "S", resolution, 4, dig[resolution], resolution / 448)
+        rows += point("DiS", "S", resolution, 4, 0.5, 1.0, backend=REFERENCE)  # never the DiS speed
+    for resolution, value in flash.items():
+        rows += point("Flash-DiT", "S", resolution, 4, value, resolution / 300)
+    rows += point("DiG", "XL", 1024, 4, 10.0, 40.0) + point("DiS", "XL", 1024, 4, 2.5, 30.0, backend=MAMBA)
+    rows += point("DiT", "XL", 1024, 4, 8.0, 60.0) + point("Flash-DiT", "XL", 1024, 4, 12.0, 33.0)
+    rows += point("DiG", "XL", 2048, 2, 4.1, 90.0) + point("Flash-DiT", "XL", 2048, 2, None)
+    rows += point("DiG", "S", 2048, 2, 44.0, 12.0) + point("Flash-DiT", "S", 2048, 2, 14.0, 7.0)
+    return rows
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    write_rows(tmp_path / "models.csv", MODEL_COLUMNS, fixture_rows())
+    settings = KernelSettings(device="cpu", lengths=(32,), tokens=64, dtype="fp32",
+                              providers=("ours-torch", "naive", "sdpa-flash"))
+    KernelRun(settings, tmp_path / "kernels.csv").run(progress=lambda line: None)
+    return tmp_path
+
+
+def claim_result(frame, text_start):
+    claim = next(c for c in claims.PAPER_CLAIMS if c.text.startswith(text_start))
+    return claims.evaluate(frame, claim)
+
+
+def test_claims_are_computed_from_the_rows(results_dir):
+    frame = load_frame(results_dir / "models.csv")
+    speed = claim_result(frame, "DiG-S/2 is 2.5x")
+    assert (speed["measured"], speed["verdict"]) == ("2.50x", "holds")
+    assert speed["rows"] == "DiG-S/2 1792px b4: 50 img/s; DiT-S/2 1792px b4: 20 img/s"
+    memory = claim_result(frame, "DiG-S/2 uses 75.7%")
+    assert memory["measured"] == "75.0% less" and memory["verdict"].startswith("weaker")
+    assert claim_result(frame, "DiG-XL/2 is 4.2x")["measured"] == "4.00x"
+    dis_s = claim_result(frame, "DiG-S/2 is 2.0x")  # only reference-scan DiS-S rows: not the DiS speed
+    assert dis_s["measured"].startswith("not measured") and "reference-scan" in dis_s["measured"]
+    flash = claim_result(frame, "DiG-XL/2 is 1.8x")
+    assert (flash["measured"], flash["verdict"]) == ("Flash-DiT OOM, DiG runs", "holds (baseline OOM)")
+    crossover = claims.crossovers(frame)
+    assert crossover["DiT"]["from"] == 512 and crossover["Flash-DiT"]["from"] == 1792
+    assert "DiS" not in crossover
+    efficiency = claims.efficiency_claim(frame)
+    assert efficiency["verdict"] == "holds (not measured: DiS)"
+
+
+def test_claims_without_rows_say_not_measured():
+    frame = load_frame_from_rows(point("DiG", "S", 256, 4, 60.0, 1.0))
+    for claim in claims.PAPER_CLAIMS:
+        assert claims.evaluate(frame, claim)["measured"] == "not measured"
+
+
+def load_frame_from_rows(rows, tmp_dir=None):
+    frame = pd.DataFrame(rows)
+    for column in ("median", "p20", "p80", "resolution", "batch", "patch"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def test_reference_scan_rows_get_their_own_label():
+    row = {"family": "DiS", "backend": REFERENCE}
+    assert figures.series_name(row) == "DiS (reference scan: not the DiS speed)"
+    assert figures.series_name({"family": "DiS", "backend": MAMBA}) == "DiS"
+
+
+def test_report_command_writes_figures_and_the_claims_table(results_dir, capsys):
+    assert main(["report", "--out", str(results_dir), "--device", "cpu"]) == 0
+    for name in ("fig2.png", "fig3.png", "kernels.png", "REPORT.md"):
+        path = results_dir / name
+        assert path.exists() and path.stat().st_size > 1000, name
+    report = (results_dir / "REPORT.md").read_text()
+    assert "| DiG-S/2 is 2.5x faster than DiT-S/2 at 1792x1792 | 2.5x | 2.50x | holds |" in report
+    assert "| 75.7% less | 75.0% less |" in report
+    assert "![Fig. 2: S/2 training speed and memory vs resolution](fig2.png)" in report
+    assert "## Measurement protocol" in report and "NVIDIA H200" in report
+    assert "CPU run" not in report  # the fixture is a GPU run
+    assert "DiS (reference scan)" in report  # its table row is labelled, never plain "DiS"
+    assert "T=32" in report and "chunk_gla_torch float64" in report  # kernel table and its reference
+    assert "sdpa-flash" in report and "needs a CUDA GPU" in report  # unavailable provider listed with reason
+
+
+def test_plot_draws_only_what_the_csv_holds(tmp_path):
+    write_rows(tmp_path / "models.csv", MODEL_COLUMNS, point("DiG", "S", 256, 4, 60.0, 1.0))
+    assert main(["plot", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert (tmp_path / "fig2.png").exists()
+    assert not (tmp_path / "fig3.png").exists()  # no 1024/2048 rows: no Fig. 3

@@ -1,0 +1,179 @@
+"""Triton chunked GLA against the float64 naive recurrence (CPU: Triton interpreter; GPU: H200).
+
+Tolerances: fp32 inputs 1e-5 (fp32 round-off over sums of <= 200 terms stays near 1e-7; the
+margin covers the different summation order), except dg: 1e-4, because dg_t sums the terms of
+all later tokens as a difference of two suffix sums over the chunk, each up to chunk-size times
+larger than the result when gates are -20 (measured 5e-5 at chunk 64; 1e-7 for DiG-like gates).
+fp16/bf16 inputs: twice the error of the naive recurrence run on the same low-precision inputs
+(tests/gla_cases.py), the FlashAttention rule.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gla_cases import (
+    FP32_TOLERANCE,
+    RESULT_NAMES,
+    assert_matches,
+    low_precision_tolerances,
+    make_inputs,
+    reference,
+    run_impl,
+)
+from kernels.gla import chunk_gla
+
+FP32_DG_TOLERANCE = 1e-4
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+needs_triton_device = pytest.mark.skipif(
+    not (INTERPRETED or torch.cuda.is_available()),
+    reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
+
+#   B, T,  H, K,   V,   chunk, reverse, h0,    gate,            dtype
+CPU_CASES = [
+    (1, 1, 1, 16, 16, 16, False, False, "mixed", torch.float32),
+    (2, 15, 3, 24, 48, 16, True, True, "mixed", torch.float32),
+    (1, 63, 2, 32, 64, 32, False, True, "near_zero", torch.float32),
+    (3, 64, 1, 16, 24, 64, True, False, "very_negative", torch.float32),
+    (1, 65, 2, 100, 24, 64, False, True, "mixed", torch.float32),
+    (2, 200, 1, 32, 64, 128, False, True, "half_extreme", torch.float32),
+    (1, 200, 1, 64, 100, 32, True, True, "mixed", torch.float32),
+    (2, 65, 2, 32, 64, 16, False, True, "mixed", torch.float16),
+    (1, 63, 3, 24, 16, 32, True, False, "near_zero", torch.float16),
+    (2, 64, 1, 32, 64, 64, False, True, "mixed", torch.bfloat16),
+    (1, 65, 2, 16, 100, 128, True, True, "very_negative", torch.bfloat16),
+]
+
+
+def case_id(case):
+    B, T, H, K, V, chunk, reverse, h0, gate, dtype = case
+    return (f"B{B}-T{T}-H{H}-K{K}-V{V}-c{chunk}{'-rev' if reverse else ''}{'-h0' if h0 else ''}"
+            f"-{gate}-{str(dtype).replace('torch.', '')}")
+
+
+def make_case_inputs(B, T, H, K, V, dtype, gate, h0, device, seed):
+    """make_inputs, plus "half_extreme": every other token's gate is -20 and the rest DiG-like,
+    so within one run some 16-token sub-chunks take the fast (factored) path and some the exact one."""
+    kind = "mixed" if gate == "half_extreme" else gate
+    inputs = make_inputs(B, T, H, K, V, dtype, gate=kind, seed=seed, h0=h0, device=device)
+    if gate == "half_extreme":
+        g = inputs["g"].float()
+        g[:, 64:128] = -20.0  # whole sub-chunks beyond the fast path's gate range
+        g[:, ::37] = -20.0  # and single tokens inside otherwise mild sub-chunks
+        inputs["g"] = g.to(dtype)
+    return inputs
+
+
+def check_against_reference(case, device, seed=0):
+    B, T, H, K, V, chunk, reverse, h0, gate, dtype = case
+    inputs = make_case_inputs(B, T, H, K, V, dtype, gate, h0, device, seed)
+    ref = reference({n: None if x is None else x.cpu() for n, x in inputs.items()}, reverse)
+    out = run_impl(chunk_gla, inputs, reverse, chunk_size=chunk)
+    if dtype == torch.float32:
+        tolerances = {**{name: FP32_TOLERANCE for name in RESULT_NAMES}, "dg": FP32_DG_TOLERANCE}
+    else:
+        cpu_inputs = {n: None if x is None else x.cpu() for n, x in inputs.items()}
+        tolerances = low_precision_tolerances(cpu_inputs, reverse, ref)
+    assert_matches({n: None if x is None else x.cpu() for n, x in out.items()}, ref, tolerances)
+
+
+@needs_triton_device
+@pytest.mark.parametrize("case", CPU_CASES, ids=[case_id(c) for c in CPU_CASES])
+def test_triton_matches_naive_float64(case):
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    check_against_reference(case, device)
+
+
+@needs_triton_device
+def test_every_chunk_size_gives_the_same_output():
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    inputs = make_inputs(1, 70, 1, 32, 32, torch.float32, seed=3, h0=True, device=device)
+    outs = [run_impl(chunk_gla, inputs, False, chunk_size=c)["o"] for c in (16, 32, 64, 128)]
+    for o in outs[1:]:
+        assert torch.allclose(o, outs[0], rtol=1e-5, atol=1e-5)
+
+
+@needs_triton_device
+def test_without_final_state_returns_none_and_grads_flow():
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    inputs = make_inputs(1, 20, 1, 16, 16, torch.float32, seed=4, device=device)
+    ref = reference({n: None if x is None else x.cpu() for n, x in inputs.items()}, False, False)
+    out = run_impl(chunk_gla, inputs, False, output_final_state=False, chunk_size=16)
+    assert out["ht"] is None
+    assert_matches({n: None if x is None else x.cpu() for n, x in out.items()}, ref, FP32_TOLERANCE)
+
+
+def small(dtype=torch.float32, device="cpu", **shape):
+    B, T, H, K, V = (shape.get(n, d) for n, d in (("B", 1), ("T", 8), ("H", 1), ("K", 16), ("V", 16)))
+    q = torch.randn(B, T, H, K, device=device, dtype=dtype)
+    k = torch.randn(B, T, H, K, device=device, dtype=dtype)
+    v = torch.randn(B, T, H, V, device=device, dtype=dtype)
+    g = F.logsigmoid(torch.randn(B, T, H, K, device=device)).to(dtype)
+    return q, k, v, g
+
+
+@pytest.mark.parametrize("mutate, argument", [
+    (lambda a: (a[0][:, :, :, :8], *a[1:]), "k"),
+    (lambda a: (a[0], a[1], a[2][:, :4], a[3]), "v"),
+    (lambda a: (a[0], a[1], a[2], a[3].to(torch.float16)), "g"),
+    (lambda a: (a[0].to(torch.float64), *(x.to(torch.float64) for x in a[1:])), "q"),
+    (lambda a: (a[0][0], *a[1:]), "q"),
+])
+def test_bad_arguments_name_the_argument(mutate, argument):
+    with pytest.raises(ValueError, match=argument):
+        chunk_gla(*mutate(small()))
+
+
+def test_bad_initial_state_and_chunk_size():
+    q, k, v, g = small()
+    with pytest.raises(ValueError, match="initial_state"):
+        chunk_gla(q, k, v, g, initial_state=torch.zeros(1, 1, 16, 8))
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunk_gla(q, k, v, g, chunk_size=48)
+
+
+def test_validate_rejects_positive_gates():
+    q, k, v, g = small()
+    with pytest.raises(ValueError, match="g must be"):
+        chunk_gla(q, k, v, g.abs() + 0.1, validate=True)
+
+
+def test_cpu_tensors_without_interpreter_are_rejected(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CUDA"):
+        chunk_gla(*small())
+
+
+# ---------------------------------------------------------------- GPU (H200), bf16, long sequences
+GPU_CASES = [
+    (2, 16384, 48, 32, 64, None, False, False, "mixed", torch.bfloat16),  # B*H = 96
+    (4, 4096, 6, 32, 64, None, True, True, "mixed", torch.bfloat16),
+    (8, 1024, 12, 24, 100, 64, False, True, "half_extreme", torch.bfloat16),
+    (3, 1000, 3, 32, 64, 128, True, True, "very_negative", torch.float16),
+    (2, 777, 2, 32, 64, 32, False, True, "near_zero", torch.float32),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED, reason="the GPU suite runs compiled kernels, not the interpreter")
+@pytest.mark.parametrize("case", GPU_CASES, ids=[case_id(c) for c in GPU_CASES])
+def test_triton_matches_naive_float64_gpu(case):
+    check_against_reference(case, "cuda", seed=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED, reason="needs compiled kernels")
+def test_int64_offsets_beyond_2_to_31_elements():
+    """B*T*H*K = 2**31 + 2**25: indexing in int32 would wrap and corrupt the last batch."""
+    B, T, H, K, V = 33, 65536, 32, 32, 32
+    q = torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16)
+    assert q.numel() > 2**31
+    k = torch.randn_like(q)
+    g = (F.logsigmoid(torch.randn_like(q, dtype=torch.float32)) / 16).to(torch.bfloat16)
+    v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
+    o, _ = chunk_gla(q, k, v, g)
+    last = slice(B - 1, B), slice(T - 300, T)  # compare the very end against a fresh small run
+    o_last, _ = chunk_gla(*(x[last[0]].contiguous() for x in (q, k, v, g)))
+    assert torch.equal(o[last[0]][:, last[1]], o_last[:, last[1]])
