@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import registry
 from .env import REPO_ROOT, describe, device_kind
+from .harness import MODES
 from .registry import CPU_FAMILIES, FIG2_FAMILIES, FIG3_FAMILIES, SIZES
 from .sweep import STEP_DEFAULTS, SweepSettings, plan, run_sweep
 
@@ -64,10 +65,11 @@ def sweep_settings(args, families, sizes, resolutions, batch, tokens=None) -> Sw
         device=device_kind(args.device), patch=args.patch, modes=tuple(split_list(",".join(args.modes))),
         batch=batch if tokens is None else None, tokens=tokens, dtype=args.dtype, warmup=args.warmup,
         min_reps=args.reps, min_time_s=args.min_time, max_reps=args.max_reps, timeout_s=args.timeout,
+        threads=args.threads,
         force=args.force, plugins=tuple(args.plugin or ()), time_budget_s=args.time_budget)
-    bad_modes = [m for m in settings.modes if m not in ("train", "infer")]
+    bad_modes = [m for m in settings.modes if m not in MODES]
     if bad_modes:
-        raise UsageError(f"unknown mode {bad_modes[0]!r}; choose from train, infer.")
+        raise UsageError(f"unknown mode {bad_modes[0]!r}; choose from {', '.join(MODES)}.")
     try:
         plan(settings)
     except ValueError as error:
@@ -192,15 +194,25 @@ def cmd_kernels(args):
 
 
 def cmd_tune(args):
+    import torch
+
     from .kernels import DTYPES
+
+    if not torch.cuda.is_available():
+        raise UsageError("tune times the Triton kernel on this machine's GPU; torch sees no CUDA GPU.")
 
     try:
         from kernels.gla import tuning
     except ImportError as error:
         print(f"bench.py tune: kernels.gla.tuning does not import ({error})", file=sys.stderr)
         raise SystemExit(1) from None
-    results = tuning.tune(shapes=None, dtype=DTYPES[args.dtype], force=args.force, progress=print)
-    print(f"tuned {len(results)} shape(s); cache: {tuning.cache_path()}")
+    tuning.tune(shapes=None, dtype=DTYPES[args.dtype], force=args.force, progress=print)
+    table = tuning.tuning_table(DTYPES[args.dtype])
+    csv_path = out_dir(args) / "tuning.csv"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(csv_path, index=False)
+    print(tuning.tuning_summary(table))
+    print(f"cache: {tuning.cache_path()}; every candidate's time: {csv_path}")
 
 
 def cmd_merge(args):
@@ -232,32 +244,41 @@ def defaults(name: str) -> str:
     return f"(default GPU {STEP_DEFAULTS['cuda'][name]:g}, CPU {STEP_DEFAULTS['cpu'][name]:g})"
 
 
-def add_sweep_options(parser):
+def add_run_options(parser):
+    """How points run: shared by the main job and the sweeps."""
     add_output(parser)
-    parser.add_argument("--models", nargs="+",
-                        help=f"families, e.g. DiT,DiG (known: {', '.join(registry.FAMILIES)})")
+    parser.add_argument("--force", action="store_true", help="re-measure points already in the CSV")
+    parser.add_argument("--timeout", type=float, help="seconds a point may take " + defaults("timeout_s"))
+    parser.add_argument("--time-budget", type=float, help="start no new point after this many seconds "
+                        "(CPU main job: 120); run again to go on")
+    parser.add_argument("--threads", type=int, help="torch threads per point, 0 = all " + defaults("threads"))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_main_job_options(parser):
+    """The main job's grid is fixed (the paper's figures); only how it runs can be changed."""
+    add_run_options(parser)
+    parser.set_defaults(models=None, sizes=None, resolutions=None, patch=2, batch=None, tokens=None,
+                        modes=["train"], dtype="bf16", warmup=None, reps=None, max_reps=None, min_time=None,
+                        plugin=None)
+
+
+def add_sweep_options(parser):
+    add_run_options(parser)
+    parser.add_argument("--models", nargs="+", help=f"families, of {', '.join(registry.FAMILIES)}")
     parser.add_argument("--sizes", nargs="+", help="model sizes among S, B, L, XL")
     parser.add_argument("--resolutions", nargs="+", help="image sizes in px, multiples of 8*patch")
     parser.add_argument("--patch", type=int, default=2, help="patch size (default 2)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--batch", type=int, help="images per step, fixed for the figure")
-    budget.add_argument("--tokens", type=int,
-                        help="token budget per step: batch = max(1, tokens // tokens_per_image)")
+    budget.add_argument("--tokens", type=int, help="token budget: batch = max(1, tokens // tokens per image)")
     parser.add_argument("--modes", nargs="+", default=["train"], help="train and/or infer (default train)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="autocast dtype")
-    parser.add_argument("--force", action="store_true",
-                        help="re-measure points already in the CSV (replaces them)")
-    parser.add_argument("--timeout", type=float,
-                        help="seconds per point before it is killed " + defaults("timeout_s"))
-    parser.add_argument("--time-budget", type=float, help="stop starting new points after this many seconds")
     parser.add_argument("--warmup", type=int, help="untimed steps per point " + defaults("warmup"))
     parser.add_argument("--reps", type=int, help="minimum timed steps per point " + defaults("min_reps"))
     parser.add_argument("--max-reps", type=int, help="maximum timed steps per point " + defaults("max_reps"))
-    parser.add_argument("--min-time", type=float,
-                        help="minimum timed seconds per point " + defaults("min_time_s"))
-    parser.add_argument("--plugin", action="append",
-                        help="Python file registering extra families (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--min-time", type=float, help="minimum timed seconds " + defaults("min_time_s"))
+    parser.add_argument("--plugin", action="append", help="Python file that registers families (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("all", cmd_all, "main job: GPU -> Fig. 2 + Fig. 3 sweeps, figures, report; CPU -> small sweep",
-            add_sweep_options)
+            add_main_job_options)
     command("sweep", cmd_sweep, "measure points into <out>/models.csv (default: the Fig. 2 grid)",
             add_sweep_options)
     command("fig2", cmd_fig2, "Fig. 2 sweep (S/2, 256..2048 px) then its figure", add_sweep_options)
@@ -291,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
             kernel_options)
 
     def tune_options(sub):
+        add_output(sub)
         sub.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
         sub.add_argument("--force", action="store_true", help="re-tune shapes already in the cache")
     command("tune", cmd_tune, "tune the Triton GLA kernel for this GPU (kernels.gla.tuning)", tune_options)

@@ -68,6 +68,8 @@ def _plot_metric(ax, rows: pd.DataFrame, series: list, colors: dict, errorbars: 
             ax.errorbar(ok["resolution"], ok["median"], yerr=yerr, marker="o", ls=style, capsize=2,
                         color=colors[name], label=name)
         oom = points[points["status"] == "OOM"]
+        if oom.empty:
+            continue
         ax.scatter(oom["resolution"], [0.97] * len(oom), marker="x", s=60, color=colors[name],
                    transform=top, clip_on=False, label=None if not ok.empty else f"{name} (OOM)")
 
@@ -96,7 +98,8 @@ def fig2(frame: pd.DataFrame, out_path: Path, batch: int | None = None,
         ax.grid(alpha=0.3)
     ax_speed.legend(fontsize=8)
     first = rows.iloc[0]
-    fig.suptitle(f"Fig. 2: S/2 {mode} speed and memory vs resolution - {first['gpu']}, {batch_text}, "
+    device = first["gpu"] + (f" ({first['threads']} thread)" if first["gpu"] == "cpu" else "")
+    fig.suptitle(f"Fig. 2: S/2 {mode} speed and memory vs resolution - {device}, {batch_text}, "
                  f"{first['dtype']} autocast")
     missing = rows[(rows["metric"] == "throughput") & rows["status"].isin(["unavailable", "error"])]
     skipped = "; ".join(sorted({f"{r.family}: {r.status}" for r in missing.itertuples()}))
@@ -113,48 +116,55 @@ def relative_to_dig(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(relative=rows["median"] / rows["size"].map(dig))
 
 
+def _bar_panel(ax, panel: pd.DataFrame, colors: dict) -> None:
+    """Bars of img/s relative to DiG per size; a status word where a family has no bar."""
+    sizes = [s for s in SIZES if (panel["size"] == s).any()]
+    families = ordered(panel["family"], FIG3_FAMILIES)
+    width = 0.8 / len(families)
+    for i, family in enumerate(families):
+        labelled = False
+        for j, size in enumerate(sizes):
+            point = panel[(panel["family"] == family) & (panel["size"] == size)]
+            if point.empty:
+                continue
+            point, x = point.iloc[0], j + (i - (len(families) - 1) / 2) * width
+            if point["status"] == "ok" and pd.notna(point["relative"]):
+                ax.bar(x, point["relative"], width, color=colors[family], label=None if labelled else family)
+                ax.text(x, point["relative"], f"{point['relative']:.2f}", ha="center", va="bottom",
+                        fontsize=6)
+                labelled = True
+            else:
+                text = "no DiG" if point["status"] == "ok" else point["status"]
+                ax.text(x, 0.02, f"{family} {text}", rotation=90, ha="center", va="bottom", fontsize=6,
+                        color=colors[family])
+    ax.axhline(1.0, color="0.5", lw=0.8)
+    ax.set_xticks(range(len(sizes)), [f"{s}/2" for s in sizes])
+    ax.set_ylabel("training img/s relative to DiG (DiG = 1)")
+    ax.legend(fontsize=7)
+
+
 def fig3(frame: pd.DataFrame, out_path: Path, resolutions=(1024, 2048),
          batch_by_resolution: dict | None = None) -> Path | None:
     """Grouped bars: throughput of each family relative to DiG, per size, one panel per resolution."""
     rows = single_run(frame[(frame["patch"] == 2) & (frame["mode"] == "train")
                             & (frame["metric"] == "throughput") & frame["resolution"].isin(resolutions)])
-    rows = rows[~rows["backend"].map(is_reference_scan)]  # DiS's reference scan is not the DiS speed
+    rows = rows[~rows["backend"].map(is_reference_scan).astype(bool)]  # not the DiS speed
     if rows.empty:
         return None
+    colors = {family: f"C{i}" for i, family in enumerate(ordered(rows["family"], FIG3_FAMILIES))}
     panels = [r for r in resolutions if (rows["resolution"] == r).any()]
     fig = Figure(figsize=(6.5 * len(panels), 4.8))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, resolution in zip(axes[0], panels):
+    for ax, resolution in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         wanted = (batch_by_resolution or {}).get(resolution)
         panel, batch_text = pick_batch(rows[rows["resolution"] == resolution], wanted, None)
-        panel = relative_to_dig(panel)
-        sizes = [s for s in SIZES if (panel["size"] == s).any()]
-        families = ordered(panel["family"], FIG3_FAMILIES)
-        width = 0.8 / len(families)
-        for i, family in enumerate(families):
-            for j, size in enumerate(sizes):
-                point = panel[(panel["family"] == family) & (panel["size"] == size)]
-                x = j + (i - (len(families) - 1) / 2) * width
-                if point.empty:
-                    continue
-                point = point.iloc[0]
-                if point["status"] == "ok" and pd.notna(point["relative"]):
-                    ax.bar(x, point["relative"], width, color=f"C{i}", label=family if j == 0 else None)
-                    ax.text(x, point["relative"], f"{point['relative']:.2f}", ha="center", va="bottom",
-                            fontsize=6)
-                else:
-                    text = "no DiG" if point["status"] == "ok" else point["status"]
-                    ax.text(x, 0.02, text, rotation=90, ha="center", va="bottom", fontsize=6, color=f"C{i}")
-        ax.axhline(1.0, color="0.5", lw=0.8)
-        ax.set_xticks(range(len(sizes)), [f"{s}/2" for s in sizes])
-        ax.set_ylabel("training img/s relative to DiG (DiG = 1)")
+        _bar_panel(ax, relative_to_dig(panel), colors)
         ax.set_title(f"{resolution}x{resolution} ({(resolution // 16) ** 2} tokens), {batch_text}")
-        ax.legend(fontsize=7)
     first = rows.iloc[0]
     fig.suptitle(f"Fig. 3: speed relative to DiG by model size - {first['gpu']}, {first['dtype']} autocast")
-    footnote(fig, PROTOCOL_NOTE.format(mode=MODE_NOTE["train"], memory="not shown")
-             + "\nDiS rows run with the reference scan are excluded.")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    footnote(fig, f"img/s = {MODE_NOTE['train']}, median over timed steps; each point in a fresh process; "
+                  "OOM = out of memory at this batch. DiS rows run with the reference scan are excluded. "
+                  "Protocol: bench/PROTOCOL.md")
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out_path, dpi=130)
     return out_path
 
@@ -175,6 +185,8 @@ def kernel_figure(frame: pd.DataFrame, out_path: Path) -> Path | None:
                     color="0.4" if floor else None, label=provider)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        lengths = sorted(rows["T"].unique())
+        ax.set_xticks(lengths, [str(int(t)) for t in lengths], rotation=45)
         ax.set_xlabel("sequence length T (tokens); B*T fixed")
         ax.set_ylabel(f"{mode} time (ms)")
         ax.grid(alpha=0.3, which="both")
@@ -182,8 +194,10 @@ def kernel_figure(frame: pd.DataFrame, out_path: Path) -> Path | None:
     first = rows.iloc[0]
     fig.suptitle(f"GLA and attention kernels - {first['gpu']}, {first['dtype']}, H={first['H']}, "
                  f"K={first['K']}, V={first['V']}, B*T={int(first['B'] * first['T'])}")
-    footnote(fig, "triton.testing.do_bench median; hbm-floor = bytes GLA must move / measured "
-                  "device copy bandwidth; attention head dim 64, non-causal. See bench/kernels.py")
+    timer = ("perf_counter median of 5 calls (CPU smoke run)" if first["gpu"] == "cpu"
+             else "triton.testing.do_bench median")
+    footnote(fig, f"{timer}; hbm-floor = bytes GLA must move / measured device copy bandwidth; "
+                  "attention head dim 64, non-causal. See bench/kernels.py")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out_path, dpi=130)
     return out_path

@@ -43,6 +43,7 @@ class PointSpec:
     min_reps: int = 10
     min_time_s: float = 2.0
     max_reps: int = 100
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default (all cores)
     plugins: tuple = field(default_factory=tuple)
 
     @property
@@ -159,9 +160,10 @@ def nvml_used_gib() -> tuple:
 
 def measure_point(spec: PointSpec) -> dict:
     """Run one point in this process; never raises (failures become the result's status)."""
-    result = {"status": "ok", "error": "", "backend": "", "n_params": None, "step_seconds": [],
-              "peak_mem_alloc_gib": None, "peak_mem_nvml_gib": None, "nvml_error": "",
-              "peak_mem_rss_gib": None}
+    result = failed_result("ok", "")
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    result["threads"] = torch.get_num_threads()
     try:
         for plugin in spec.plugins:
             load_plugin(plugin)
@@ -192,7 +194,7 @@ def measure_point(spec: PointSpec) -> dict:
 def failed_result(status: str, error: str) -> dict:
     return {"status": status, "error": error, "backend": "", "n_params": None, "step_seconds": [],
             "peak_mem_alloc_gib": None, "peak_mem_nvml_gib": None, "nvml_error": "",
-            "peak_mem_rss_gib": None}
+            "peak_mem_rss_gib": None, "threads": ""}
 
 
 def run_point(spec: PointSpec, timeout_s: float) -> dict:

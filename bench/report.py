@@ -11,7 +11,8 @@ from .figures import FIG2_FAMILIES, ordered, single_run
 from .registry import is_reference_scan
 
 PROTOCOL_PATH = Path(__file__).with_name("PROTOCOL.md")
-ENV_FIELDS = ("gpu", "driver", "cuda", "torch", "triton", "python", "packages", "git_commit", "host")
+ENV_FIELDS = ("gpu", "threads", "driver", "cuda", "torch", "triton", "python", "packages", "git_commit",
+              "host")
 
 
 def md_table(headers, rows) -> str:
@@ -80,17 +81,25 @@ def claims_section(frame: pd.DataFrame) -> str:
 def failures_section(frame: pd.DataFrame) -> str:
     rows = frame[(frame["metric"].isin(["throughput", "time"])) & ~frame["status"].isin(["ok", "OOM"])]
     if rows.empty:
-        return "Every point ran (ok or OOM)."
+        return "every point ran (ok or OOM)."
     name, where = ("model", "resolution") if "model" in rows else ("provider", "T")
     table = sorted({(r[name], str(int(r[where])), r["mode"], r["status"], r["error"])
                     for _, r in rows.iterrows()})
-    return md_table((name, where, "mode", "status", "reason"), table)
+    return "\n\n" + md_table((name, where, "mode", "status", "reason"), table)
+
+
+KERNEL_CHECKS = ("bandwidth", "floor_ratio", "fla_ratio", "rel_err_o", "rel_err_grads")
 
 
 def kernel_section(kernels: pd.DataFrame) -> str:
+    """Time tables per mode, then each timing's GB/s, ratios and errors against its reference."""
     rows = single_run(kernels)
-    times = rows[rows["metric"] == "time"]
     parts = []
+    copy = rows[(rows["provider"] == "device-copy") & (rows["status"] == "ok")]
+    if not copy.empty:
+        parts.append(f"Measured device-to-device copy bandwidth (bytes read + written): "
+                     f"{copy['median'].iloc[0]:.4g} GB/s; the HBM floor is the bytes GLA must move over it.")
+    times = rows[rows["metric"] == "time"]
     for mode, group in times.groupby("mode", sort=False):
         lengths = sorted(group["T"].unique())
         table = []
@@ -99,15 +108,21 @@ def kernel_section(kernels: pd.DataFrame) -> str:
             cells = [("" if t not in line.index else f"{line.loc[t, 'median']:.3g}"
                       if line.loc[t, "status"] == "ok" else line.loc[t, "status"]) for t in lengths]
             table.append([provider] + cells)
-        parts.append(f"**{mode}, time (ms)**\n\n" + md_table(["provider"] + [f"T={int(t)}" for t in lengths],
-                                                              table))
-    checks = rows[rows["metric"].isin(["rel_err_o", "rel_err_grads", "floor_ratio", "fla_ratio", "bandwidth"])
-                  & (rows["status"] == "ok")]
+        header = ["provider"] + [f"T={int(t)}" for t in lengths]
+        parts.append(f"**{mode}, time (ms), B*T fixed**\n\n" + md_table(header, table))
+    checks = rows[rows["metric"].isin(KERNEL_CHECKS) & (rows["provider"] != "device-copy")]
     if not checks.empty:
-        table = [(r.provider, r.mode, int(r.T), r.metric, f"{r.median:.3g} {r.unit}", r.reference)
-                 for r in checks.itertuples()]
-        parts.append("**ratios and errors beside each timing**\n\n"
-                     + md_table(("provider", "mode", "T", "metric", "value", "reference"), table))
+        table = []
+        for (provider, mode, T), line in checks.groupby(["provider", "mode", "T"], sort=False):
+            line = line.set_index("metric")
+            cells = [("" if m not in line.index else f"{line.loc[m, 'median']:.3g}"
+                      if line.loc[m, "status"] == "ok" else line.loc[m, "status"]) for m in KERNEL_CHECKS]
+            reference = next((r for r in line["reference"] if r), "")
+            table.append([provider, mode, int(T), *cells, reference])
+        header = ("provider", "mode", "T", "GB/s", "x HBM floor", "x fla", "rel err o", "rel err grads",
+                  "reference")
+        parts.append("**beside each timing: bandwidth, ratios, errors (||x - ref|| / ||ref||)**\n\n"
+                     + md_table(header, table))
     return "\n\n".join(parts)
 
 
@@ -126,8 +141,9 @@ def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figu
         links = [f"![{caption}]({os.path.relpath(path, out_dir)})" for caption, path in figures.items()]
         sections.append("## Figures\n\n" + "\n\n".join(links))
     sections.append("## The paper's claims against our measurements\n\n" + claims_section(frame))
-    tables = [pivot_section(frame, metric, size) for size in ("S", "B", "L", "XL")
-              for metric in ("throughput", memory_metric(frame), "peak_mem_nvml")]
+    metrics = ("throughput", memory_metric(frame), "peak_mem_nvml")
+    tables = [pivot_section(frame, metric, size, mode) for mode in ("train", "infer")
+              for size in ("S", "B", "L", "XL") for metric in metrics]
     tables = [t for t in tables if t]
     if tables:
         sections.append("## Results\n\n" + "\n\n".join(tables))
@@ -135,9 +151,9 @@ def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figu
         sections.append("## Kernel benchmark\n\n" + kernel_section(load_frame(kernels_csv)))
     else:
         sections.append("## Kernel benchmark\n\nNot run here: `python bench.py kernels` writes kernels.csv.")
-    failures = [failures_section(frame)]
+    failures = ["Models: " + failures_section(frame)]
     if kernels_csv is not None:
-        failures.append(failures_section(load_frame(kernels_csv)))
+        failures.append("Kernels: " + failures_section(load_frame(kernels_csv)))
     sections.append("## Points that did not run\n\n" + "\n\n".join(failures))
     path = Path(out_dir) / "REPORT.md"
     path.write_text("\n\n".join(sections) + "\n")

@@ -20,7 +20,7 @@ ENV_COLUMNS = ["gpu", "driver", "cuda", "torch", "triton", "python", "packages",
                "timestamp", "host"]
 MODEL_COLUMNS = ["family", "model", "size", "patch", "resolution", "tokens", "batch", "mode", "metric",
                  "unit", "median", "p20", "p80", "n_reps", "status", "error", "backend", "dtype",
-                 *ENV_COLUMNS]
+                 "threads", *ENV_COLUMNS]
 MODEL_KEY = ("family", "size", "patch", "resolution", "batch", "mode", "dtype", "gpu")
 STATUSES = ("ok", "OOM", "error", "unavailable")
 DONE_STATUSES = ("ok", "OOM")  # errors are re-run; unavailability is re-checked (it is free)
@@ -40,7 +40,7 @@ def point_rows(spec, result: dict) -> list[dict]:
               "size": spec.size, "patch": spec.patch, "resolution": spec.resolution,
               "tokens": spec.tokens_per_image, "batch": spec.batch, "mode": spec.mode,
               "status": result["status"], "error": result["error"], "backend": result["backend"],
-              "dtype": spec.dtype, **env, "timestamp": timestamp()}
+              "dtype": spec.dtype, "threads": result.get("threads", ""), **env, "timestamp": timestamp()}
     ok = result["status"] == "ok"
     steps = result["step_seconds"]
     empty = {"median": "", "p20": "", "p80": "", "n_reps": ""}
@@ -142,16 +142,18 @@ def merge_files(paths: Sequence[Path], out: Path, key: Sequence[str] = MODEL_KEY
     return len(merged)
 
 
+NUMERIC_COLUMNS = ("median", "p20", "p80", "n_reps", "resolution", "batch", "patch", "tokens",
+                   "T", "B", "H", "K", "V")
+
+
 def load_frame(path: Path) -> pd.DataFrame:
-    """The CSV as a DataFrame with numeric value columns; ValueError if the file is missing."""
+    """The CSV as a DataFrame: text columns as str ("" when empty), value columns as numbers (NaN
+    when empty). ValueError if the file is missing."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"results file {str(path)!r} does not exist; run a sweep first.")
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"error": str, "backend": str})
-    for column in ("median", "p20", "p80", "n_reps", "resolution", "batch", "patch", "tokens"):
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in NUMERIC_COLUMNS:
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    for column in ("error", "backend"):
-        if column in frame:
-            frame[column] = frame[column].fillna("")
     return frame

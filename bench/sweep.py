@@ -15,10 +15,12 @@ from .results import MODEL_KEY, keys_with_status, point_rows, record, spread
 # Step counts per device. GPU: >= 10 steps and >= 2 s, so a 40 ms step (S at 256) gets 50 samples
 # and a 1.5 s step (XL at 2048) 10. CPU: the default job (12 points) must fit in 3 minutes on 2
 # cores, where a DiT-S/2 training step at 256 px takes ~2 s and DiS's reference scan ~20 s, so
-# 1 warm-up + 2 timed steps and 45 s per point.
+# 1 warm-up + 2 timed steps and 45 s per point. CPU points use 1 intra-op thread: on 2 shared
+# cores PyTorch's spinning OpenMP threads made a DiT-S/2 step at 64 px take 2.5-6.7 s, not 0.35 s.
 STEP_DEFAULTS = {
-    "cuda": {"warmup": 3, "min_reps": 10, "min_time_s": 2.0, "max_reps": 100, "timeout_s": 600.0},
-    "cpu": {"warmup": 1, "min_reps": 2, "min_time_s": 0.0, "max_reps": 2, "timeout_s": 45.0},
+    "cuda": {"warmup": 3, "min_reps": 10, "min_time_s": 2.0, "max_reps": 100, "timeout_s": 600.0,
+             "threads": 0},
+    "cpu": {"warmup": 1, "min_reps": 2, "min_time_s": 0.0, "max_reps": 2, "timeout_s": 45.0, "threads": 1},
 }
 
 
@@ -40,6 +42,7 @@ class SweepSettings:
     min_time_s: float | None = None
     max_reps: int | None = None
     timeout_s: float | None = None
+    threads: int | None = None
     force: bool = False
     plugins: tuple = ()
     time_budget_s: float | None = None
@@ -76,7 +79,9 @@ def plan(settings: SweepSettings) -> list[PointSpec]:
                         family=family, size=size, patch=settings.patch, resolution=resolution,
                         batch=batch, mode=mode, dtype=settings.dtype, device=settings.device,
                         warmup=settings.step("warmup"), min_reps=settings.step("min_reps"),
-                        min_time_s=settings.step("min_time_s"), max_reps=settings.step("max_reps"),
+                        min_time_s=settings.step("min_time_s"),
+                        max_reps=max(settings.step("max_reps"), settings.step("min_reps")),
+                        threads=settings.step("threads"),
                         plugins=tuple(str(Path(p).resolve()) for p in settings.plugins)))
     return points
 

@@ -3,9 +3,10 @@
 Follows the DiS reference code (feizc/DiS `models_dis.py`, Mamba from hustvl/Vim with bimamba "v2"):
 Mamba-1 blocks only (no MLP), fused add + RMSNorm with the residual stream in fp32, a bidirectional
 mixer, time and class as two tokens in front of the patches, a learned positional embedding, U-ViT
-long skips and an adaLN final layer on t + y. Differences, each without effect on speed: the timestep
-embedder is DiT's (256 frequencies -> MLP D -> D, shared with DiT and DiG) where DiS uses D frequencies
--> MLP D -> 4D -> D; no drop-path (DiS trains with rate 0.1).
+long skips and an adaLN final layer on t + y. Differences: the timestep embedder is DiT's (256
+frequencies -> MLP D -> D, shared with DiT and DiG) where DiS uses D frequencies -> MLP D -> 4D -> D
+(work per image, not per token); no drop-path (DiS trains with rate 0.1); add + RMSNorm is plain PyTorch
+where DiS calls mamba-ssm's fused Triton kernel (a few elementwise kernels more per block).
 """
 
 import math

@@ -9,7 +9,6 @@ import functools
 import pytest
 import torch
 
-
 # `with torch.device(...)` recognises factory functions by identity, from a set it builds once, at
 # its first use; build it now, before torch.empty is patched, or the set would hold the patched
 # wrapper and `with torch.device("meta")` would stop redirecting torch.empty.

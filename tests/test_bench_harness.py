@@ -10,7 +10,16 @@ import torch
 
 from bench import registry
 from bench.harness import PointSpec, failed_result
-from bench.results import MODEL_COLUMNS, keys_with_status, merge_files, point_rows, read_rows, record, spread
+from bench.results import (
+    MODEL_COLUMNS,
+    STATUSES,
+    keys_with_status,
+    merge_files,
+    point_rows,
+    read_rows,
+    record,
+    spread,
+)
 from bench.sweep import SweepSettings, batch_for, plan, run_sweep
 
 STANDINS = Path(__file__).with_name("test_bench_standins.py")
@@ -59,8 +68,8 @@ def test_rows_have_the_schema_units_and_values_of_a_cpu_point(measured_csv):
         assert 0.05 < float(memory["median"]) < 16
         assert float(metrics["n_params"]["median"]) == expected_params
         row = metrics["throughput"]
-        assert (row["status"], row["error"], row["batch"], row["mode"], row["dtype"]) == ("ok", "", "2", "train",
-                                                                                           "bf16")
+        fields = (row["status"], row["error"], row["batch"], row["mode"], row["dtype"])
+        assert fields == ("ok", "", "2", "train", "bf16")
         assert int(row["tokens"]) == (resolution // 8 // 2) ** 2
         assert (row["gpu"], row["torch"], row["model"]) == ("cpu", torch.__version__, "StandIn-S/2")
         assert row["timestamp"] and row["host"] and row["git_commit"]
@@ -105,6 +114,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert "BackendUnavailableError" in table[("StandIn-Missing", 128)]["throughput"]["error"]
     for family in families[:-1]:
         assert all(row["median"] == "" for row in table[(family, 128)].values())  # no number for a failure
+    assert {row["status"] for row in read_rows(csv_path)[1]} <= set(STATUSES)
 
     # OOM is a result (kept); an error is re-run, unavailability re-checked.
     assert len(keys_with_status(csv_path)) == 3
@@ -115,9 +125,9 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_a_hanging_point_is_killed_at_its_timeout(tmp_path):
     csv_path = tmp_path / "models.csv"
-    run_sweep(settings(["StandIn-Slow"], [64], timeout_s=8.0), csv_path, progress=False)
+    run_sweep(settings(["StandIn-Slow"], [64], timeout_s=4.0), csv_path, progress=False)
     row = points(csv_path)[("StandIn-Slow", 64)]["throughput"]
-    assert (row["status"], row["error"]) == ("error", "timed out after 8 s (per-point --timeout)")
+    assert (row["status"], row["error"]) == ("error", "timed out after 4 s (per-point --timeout)")
 
 
 def test_token_budget_sets_the_batch_per_resolution():
@@ -144,8 +154,8 @@ def test_point_rows_compute_images_per_second_and_gib(monkeypatch):
     assert rows["throughput"]["p20"] == pytest.approx(spread([4.0, 8.0, 8.0])["p20"])
     assert rows["peak_mem_rss"]["median"] == 0.5
 
-    env = {"gpu": "NVIDIA H200", "driver": "1", "cuda": "13.0", "torch": "2.11", "triton": "3.6", "python": "3.12",
-           "packages": "{}", "git_commit": "abc", "host": "h"}
+    env = {"gpu": "NVIDIA H200", "driver": "1", "cuda": "13.0", "torch": "2.11", "triton": "3.6",
+           "python": "3.12", "packages": "{}", "git_commit": "abc", "host": "h"}
     monkeypatch.setattr("bench.results.environment", lambda device: env)
     cuda = PointSpec("StandIn", "S", 2, 64, batch=2, device="cuda")
     rows = {row["metric"]: row for row in point_rows(

@@ -3,11 +3,21 @@ expected number is known), plus a kernel CSV from a tiny CPU run of the kernel b
 
 import pandas as pd
 import pytest
+import torch
 
 from bench import claims, figures
 from bench.cli import main
 from bench.kernels import KernelRun, KernelSettings
 from bench.results import MODEL_COLUMNS, load_frame, write_rows
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on 2 shared cores, 2 spinning threads made a 20 ms call take 0.3-0.7 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 ENV = {"gpu": "NVIDIA H200", "driver": "580.65", "cuda": "13.0", "torch": "2.11.0+cu130", "triton": "3.6.0",
        "python": "3.12.3", "packages": "{}", "git_commit": "abc1234", "host": "gpu-host",
@@ -18,11 +28,11 @@ MAMBA, REFERENCE = "scan=mamba_ssm selective_scan_fn", "scan=reference (PyTorch)
 
 def point(family, size, resolution, batch, img_s, mem_gib=None, backend="fast"):
     """Throughput + memory rows of one training point; img_s None means out of memory."""
-    status = "OK" if img_s is None else "ok"
     status = "OOM" if img_s is None else "ok"
     base = dict(ENV, family=family, model=f"{PREFIX[family]}-{size}/2", size=size, patch=2,
-                resolution=resolution, tokens=(resolution // 16) ** 2, batch=batch, mode="train", status=status,
-                error="CUDA out of memory" if img_s is None else "", backend=backend, dtype="bf16", n_reps=10)
+                resolution=resolution, tokens=(resolution // 16) ** 2, batch=batch, mode="train",
+                status=status, error="CUDA out of memory" if img_s is None else "", backend=backend,
+                dtype="bf16", n_reps=10)
     values = [("throughput", "img/s", img_s), ("peak_mem_alloc", "GiB", mem_gib)]
     return [dict(base, metric=metric, unit=unit,
                  median="" if value is None else value, p20="" if value is None else 0.95 * value,
@@ -48,7 +58,7 @@ def fixture_rows():
 
 
 @pytest.fixture
-def results_dir(tmp_path):
+def results_dir(tmp_path, one_torch_thread):
     write_rows(tmp_path / "models.csv", MODEL_COLUMNS, fixture_rows())
     settings = KernelSettings(device="cpu", lengths=(32,), tokens=64, dtype="fp32",
                               providers=("ours-torch", "naive", "sdpa-flash"))
@@ -86,7 +96,7 @@ def test_claims_without_rows_say_not_measured():
         assert claims.evaluate(frame, claim)["measured"] == "not measured"
 
 
-def load_frame_from_rows(rows, tmp_dir=None):
+def load_frame_from_rows(rows):
     frame = pd.DataFrame(rows)
     for column in ("median", "p20", "p80", "resolution", "batch", "patch"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -109,7 +119,7 @@ def test_report_command_writes_figures_and_the_claims_table(results_dir, capsys)
     assert "| 75.7% less | 75.0% less |" in report
     assert "![Fig. 2: S/2 training speed and memory vs resolution](fig2.png)" in report
     assert "## Measurement protocol" in report and "NVIDIA H200" in report
-    assert "CPU run" not in report  # the fixture is a GPU run
+    assert "(CPU run: CPU numbers" not in report  # the fixture is a GPU run
     assert "DiS (reference scan)" in report  # its table row is labelled, never plain "DiS"
     assert "T=32" in report and "chunk_gla_torch float64" in report  # kernel table and its reference
     assert "sdpa-flash" in report and "needs a CUDA GPU" in report  # unavailable provider listed with reason

@@ -5,7 +5,9 @@ margin covers the different summation order), except dg: 1e-4, because dg_t sums
 all later tokens as a difference of two suffix sums over the chunk, each up to chunk-size times
 larger than the result when gates are -20 (measured 5e-5 at chunk 64; 1e-7 for DiG-like gates).
 fp16/bf16 inputs: twice the error of the naive recurrence run on the same low-precision inputs
-(tests/gla_cases.py), the FlashAttention rule.
+(tests/gla_cases.py), the FlashAttention rule; on the GPU the kernels multiply bf16 inputs' fp32
+intermediates in tf32 (kernels/gla/config.py), whose 2**-11 operand rounding shows in the fp32
+results ht and dh0 (4e-4 measured on the H200), so those get a floor of 1e-3 there.
 """
 
 import os
@@ -26,6 +28,7 @@ from gla_cases import (
 from kernels.gla import chunk_gla
 
 FP32_DG_TOLERANCE = 1e-4
+TF32_STATE_FLOOR = 1e-3
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 needs_triton_device = pytest.mark.skipif(
     not (INTERPRETED or torch.cuda.is_available()),
@@ -67,16 +70,21 @@ def make_case_inputs(B, T, H, K, V, dtype, gate, h0, device, seed):
 
 
 def check_against_reference(case, device, seed=0):
+    """The float64 naive recurrence runs on the kernel's device (on the GPU, a CPU reference of
+    T=16384 took minutes)."""
     B, T, H, K, V, chunk, reverse, h0, gate, dtype = case
     inputs = make_case_inputs(B, T, H, K, V, dtype, gate, h0, device, seed)
-    ref = reference({n: None if x is None else x.cpu() for n, x in inputs.items()}, reverse)
+    ref = reference(inputs, reverse)
     out = run_impl(chunk_gla, inputs, reverse, chunk_size=chunk)
     if dtype == torch.float32:
         tolerances = {**{name: FP32_TOLERANCE for name in RESULT_NAMES}, "dg": FP32_DG_TOLERANCE}
     else:
-        cpu_inputs = {n: None if x is None else x.cpu() for n, x in inputs.items()}
-        tolerances = low_precision_tolerances(cpu_inputs, reverse, ref)
-    assert_matches({n: None if x is None else x.cpu() for n, x in out.items()}, ref, tolerances)
+        tolerances = low_precision_tolerances(inputs, reverse, ref)
+        if device == "cuda":
+            for name in ("ht", "dh0"):
+                if name in tolerances:
+                    tolerances[name] = max(tolerances[name], TF32_STATE_FLOOR)
+    assert_matches(out, ref, tolerances)
 
 
 @needs_triton_device
@@ -99,10 +107,10 @@ def test_every_chunk_size_gives_the_same_output():
 def test_without_final_state_returns_none_and_grads_flow():
     device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
     inputs = make_inputs(1, 20, 1, 16, 16, torch.float32, seed=4, device=device)
-    ref = reference({n: None if x is None else x.cpu() for n, x in inputs.items()}, False, False)
+    ref = reference(inputs, False, False)
     out = run_impl(chunk_gla, inputs, False, output_final_state=False, chunk_size=16)
     assert out["ht"] is None
-    assert_matches({n: None if x is None else x.cpu() for n, x in out.items()}, ref, FP32_TOLERANCE)
+    assert_matches(out, ref, FP32_TOLERANCE)
 
 
 def small(dtype=torch.float32, device="cpu", **shape):

@@ -53,7 +53,10 @@ def bf16_training_step(model):
     return loss.item()
 
 
-SIZES_AT_PATCH_2 = sorted(name for name in MODELS if name.endswith("/2")) + ["U-DiG-S/1"]
+# DiS is covered by tests/test_dis_gpu.py with mamba-ssm's CUDA scan: its PyTorch reference scan
+# here would take minutes per large model and test nothing the CPU suite does not.
+SIZES_AT_PATCH_2 = sorted(name for name in MODELS if name.endswith("/2") and not name.startswith("DiS"))
+SIZES_AT_PATCH_2 += ["U-DiG-S/1"]
 
 
 @pytest.mark.parametrize("name", SIZES_AT_PATCH_2)

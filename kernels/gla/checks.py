@@ -33,9 +33,11 @@ def check_gla_inputs(q, k, v, g, initial_state=None, scale=None, chunk_size=None
             names = ", ".join(str(d).replace("torch.", "") for d in allowed_dtypes)
             raise ValueError(f"{name} has dtype {x.dtype}; supported dtypes are {names}.")
         if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; all inputs must share a device.")
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; "
+                             "all inputs must share a device.")
         if x.dtype != q.dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but q has {q.dtype}; q, k, v and g must share a dtype.")
+            raise ValueError(f"{name} has dtype {x.dtype} but q has {q.dtype}; "
+                             "q, k, v and g must share a dtype.")
     B, T, H, K = q.shape
     if T < 1:
         raise ValueError(f"q must hold at least one token (T >= 1), got T={T}.")

@@ -6,7 +6,7 @@ import torch
 import triton
 
 from .checks import check_gla_inputs
-from .chunk_bwd import gla_bwd_chunk_kernel, gla_bwd_local_state_kernel
+from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_local_state_kernel
 from .chunk_fwd import chunk_state_scan_kernel, gla_fwd_local_state_kernel, gla_fwd_output_kernel
 from .config import GLAConfig, dot_precision
 from .tuning import get_config
@@ -71,14 +71,15 @@ def launch_bwd_state(q, g, do, dh, gl, dht, scale, reverse, cfg: GLAConfig):
     launch_state_scan(dh, gl, dht, True, cfg)
 
 
-def launch_bwd_chunk(q, k, v, g, h, do, dh, dq, dk, dv, dg, dg_work, scale, reverse, cfg: GLAConfig):
-    """Write dq, dk, dv, dg from the states h and the state gradients dh (dg_work: fp32 scratch
-    of g's shape, which may be dg itself when dg is fp32)."""
+def launch_bwd_chunk(q, k, v, g, h, gl, do, dh, dq, dk, dv, dg, dg_work, ptot, scale, reverse,
+                     cfg: GLAConfig):
+    """Write dq, dk, dv, dg from the states h and the state gradients dh. dg_work: fp32 scratch of
+    g's shape (may be dg itself when dg is fp32); ptot: fp32 scratch [B*H, NT, K]."""
     B, T, H, K, V, NT, BK, BV, prec = launch_dims(q, v, cfg)
-    gla_bwd_chunk_kernel[(NT, B * H)](
-        q, k, v, g, h, do, dh, dq, dk, dv, dg, dg_work, scale, T, NT, H=H, K=K, V=V,
-        BT=cfg.chunk_size, BC=SUB_CHUNK, BK=BK, BV=BV, REVERSE=reverse, PREC=prec,
-        num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
+    shape = dict(H=H, K=K, V=V, BT=cfg.chunk_size, BC=SUB_CHUNK, BK=BK, BV=BV, REVERSE=reverse, PREC=prec,
+                 num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
+    gla_bwd_dq_kernel[(NT, B * H)](q, k, v, g, h, do, dh, gl, dq, dg_work, ptot, scale, T, NT, **shape)
+    gla_bwd_dkv_kernel[(NT, B * H)](q, k, v, g, do, dh, dk, dv, dg, dg_work, ptot, scale, T, NT, **shape)
 
 
 def chunk_gla_fwd(q, k, v, g, scale, h0, reverse, cfg: GLAConfig):
@@ -104,7 +105,8 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, reverse, need_dh0, cfg: GLA
     dv = torch.empty_like(v)
     launch_bwd_state(q, g, do, dh, gl, dht, scale, reverse, cfg)
     dg_work = dg if dg.dtype == torch.float32 else torch.empty_like(g, dtype=torch.float32)
-    launch_bwd_chunk(q, k, v, g, h, do, dh, dq, dk, dv, dg, dg_work, scale, reverse, cfg)
+    ptot = torch.empty_like(gl)
+    launch_bwd_chunk(q, k, v, g, h, gl, do, dh, dq, dk, dv, dg, dg_work, ptot, scale, reverse, cfg)
     dh0 = dh[:, 0].reshape(B, H, K, V) if need_dh0 else None
     return dq, dk, dv, dg, dh0
 

@@ -3,9 +3,9 @@
 * ``gla_bwd_local_state_kernel`` (one program per chunk) and the reverse ``chunk_state_scan_kernel``
   give dh[c + 1], the gradient of the state after chunk c from later tokens (dh[NT] = d final
   state), and dh[0] = d initial state.
-* ``gla_bwd_chunk_kernel`` runs one program per (chunk, b, h). A forward walk over the
-  sub-chunks (which needs the states S) gives dq; a backward walk (which needs the state
-  gradients dS) gives dk, dv and dg.
+* ``gla_bwd_dq_kernel`` and then ``gla_bwd_dkv_kernel`` run one program per (chunk, b, h): a
+  forward walk over the sub-chunks (which needs the states S) gives dq; a backward walk (which
+  needs the state gradients dS) gives dk, dv and dg.
 
 dg without a post-pass: g_t enters only S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, so
 dg_t = rowsum(S_{t-1} * G_t), G_t the gradient reaching S_{t-1} through S_t. Every term of it
@@ -47,12 +47,13 @@ def gla_bwd_local_state_kernel(
 
 
 @triton.jit
-def gla_bwd_chunk_kernel(
-    q, k, v, g, h, do, dh, dq, dk, dv, dg, dg_work, scale, T, NT,
+def gla_bwd_dq_kernel(
+    q, k, v, g, h, do, dh, gl, dq, dg_work, ptot, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     REVERSE: tl.constexpr, PREC: tl.constexpr,
 ):
+    """dq of chunk c, and W (the first part of dg) into dg_work, sum_t q_t dq_off_t into ptot."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
@@ -64,8 +65,8 @@ def gla_bwd_chunk_kernel(
     p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c) * K * V
     b_dh_end = tl.load(dh + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V + o_kv, mask=m_kv, other=0.0)
     b_s = tl.load(p_h + o_kv, mask=m_kv, other=0.0)  # [BK, BV] state entering the chunk
-    o_tc, m_tc = chunk_rows(i_c * BT, T, BT, REVERSE)
-    b_gtot = tl.sum(load_rows(g + qk_base, o_tc, m_tc, o_k, m_k, H * K), axis=0)  # [BK]
+    p_chunk_k = (i_bh.to(tl.int64) * NT + i_c) * K + o_k
+    b_gtot = tl.load(gl + p_chunk_k, mask=m_k, other=0.0)  # [BK] sum of the chunk's gates
     o_c = tl.arange(0, BC)
     m_causal = o_c[:, None] >= o_c[None, :]
     m_strict = o_c[:, None] > o_c[None, :]
@@ -78,7 +79,7 @@ def gla_bwd_chunk_kernel(
     # * dq_off leaves out the i == j term (equal in q*dq and k*dk);
     # * "ext" is dg's share from later chunks, rowsum(S_{t-1} * exp(G_end - G_{t-1}) * dh_end),
     #   summed here from decayed terms rather than recovered as a difference later.
-    # W_t = ext_t - sum_{s<t} q_s dq_off_s is parked in the fp32 dg_work for the backward walk
+    # W_t = ext_t - sum_{s<t} q_s dq_off_s is parked in the fp32 dg_work for the dk/dv kernel
     # (W is up to chunk-size times larger than dg: parked in bf16 it cost 1e-2 relative error).
     b_ext = tl.exp(b_gtot) * tl.sum(b_s * b_dh_end, axis=1)  # [BK]
     b_gpre = tl.zeros([BK], dtype=tl.float32)  # gate sum of the earlier sub-chunks of the chunk
@@ -101,15 +102,41 @@ def gla_bwd_chunk_kernel(
         b_u = tl.dot(b_v, tl.trans(b_dh_end), input_precision=PREC)  # [BC, BK]
         b_u = b_u * b_k * tl.exp(b_gtot[None, :] - b_gpre[None, :] - b_gc)
         b_p = b_q * b_dq
-        b_w = b_ext[None, :] + exclusive_cumsum(b_u, BC, PREC) - b_ppre[None, :] - exclusive_cumsum(b_p, BC, PREC)
+        b_w = b_ext[None, :] + exclusive_cumsum(b_u, BC, PREC)
+        b_w -= b_ppre[None, :] + exclusive_cumsum(b_p, BC, PREC)
         store_rows(dg_work + qk_base, b_w, o_t, m_t, o_k, m_k, H * K)
         b_ext += tl.sum(b_u, axis=0)
         b_ppre += tl.sum(b_p, axis=0)
         b_gpre += b_glast
         b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
         b_s = b_s * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
-    # W is read back below by other threads of this program: make the stores visible.
-    tl.debug_barrier()
+    tl.store(ptot + p_chunk_k, b_ppre, mask=m_k)
+
+
+@triton.jit
+def gla_bwd_dkv_kernel(
+    q, k, v, g, do, dh, dk, dv, dg, dg_work, ptot, scale, T, NT,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    REVERSE: tl.constexpr, PREC: tl.constexpr,
+):
+    """dk, dv and dg of chunk c (a separate kernel from dq: together they needed 255 registers
+    per thread and spilled 64 on the H200)."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
+    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
+    b_dh_end = tl.load(dh + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V + o_kv, mask=m_kv, other=0.0)
+    b_ppre = tl.load(ptot + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, mask=m_k, other=0.0)
+    o_c = tl.arange(0, BC)
+    m_causal = o_c[:, None] >= o_c[None, :]
+    m_strict = o_c[:, None] > o_c[None, :]
+    m_diag = o_c[:, None] == o_c[None, :]
+    n_sub = BT // BC
 
     # Backward walk (needs the state gradients): dk, dv, and dg_t = W_t + sum_s q_s dq_off_s
     # - sum_{s>=t} k_s dk_int_s, where dk_int is dk from this chunk's own later tokens only.

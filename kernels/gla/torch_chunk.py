@@ -7,15 +7,19 @@ tokens j <= i of its own chunk:
 with G_i = g_1 + ... + g_i (restarted at every chunk), D_ij = g_{j+1} + ... + g_i and
 E_j = g_{j+1} + ... + g_last. Every exponent is a sum of gates, so <= 0: no factor exceeds 1.
 A is never formed as (q exp(G)) (k exp(-G))^T, which overflows fp32 after 5 tokens of g = -20.
-It is built from sub-chunks of 16 tokens: diagonal 16x16 blocks use the [16, 16, K] decay
-exp(D_ij) masked to j < i before exp (plus q_i . k_i on the diagonal); blocks below the
-diagonal split D_ij at the boundary before the query's sub-chunk into two factors <= 1.
+The pairs j < i are split by halving the chunk instead (half-blocks of C/2, C/4, ..., 1 tokens):
+at the level where i and j first fall into different halves of a block, D_ij = F_i + E_j' with
+F_i the gates from the start of i's half to i and E_j' the gates after j to the end of j's half,
+so each level is one batched matmul of two factors <= 1; the diagonal A_ii = q_i . k_i has no
+decay. No [C, C, K] decay tensor is built; the extra memory is a few [T, K] tensors per level.
 
-Precision: each exponent is accumulated from gates near the tokens it links (segment sums,
-sums restarted per sub-chunk), never as a difference of two long cumsums, and an exponent that
-is an empty sum is the constant 0. So with g = -20 the exp(-20)-sized terms that make up dg
-keep full fp32 relative precision (differences of cumsums lose it: dg was off by 200-500%).
-Memory beyond the inputs is about (16 + C/16) * T * K floats per (batch, head).
+Precision: every exponent is a cumsum that starts at a block boundary, never the difference of
+two long cumsums, and an empty sum is the constant 0 rather than x - x. With g = -20, dg is made
+of exp(-20)-sized terms; they keep fp32 relative precision (~1e-7 against float64), where the
+variants built on differences of cumsums measured dg errors of 65% to 540%.
+
+Cost (2 CPU cores, 2026-11-22): forward + backward at B=1, T=4096, H=6, K=32, V=64, chunk 64 takes
+0.15 s and ~310 MB, against 0.86 s and ~570 MB for the naive recurrence.
 """
 
 import torch
@@ -24,7 +28,6 @@ import torch.nn.functional as F
 from .checks import check_gla_inputs
 
 DEFAULT_CHUNK_SIZE = 64
-SUB_CHUNK_SIZE = 16
 
 
 def chunk_gla_torch(q, k, v, g, scale=None, initial_state=None, output_final_state=False,

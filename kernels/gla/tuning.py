@@ -6,6 +6,7 @@ $GLA_TUNING_CACHE if set, else $XDG_CACHE_HOME (or ~/.cache)/gla-diffusion/tunin
 Lookups never tune: ``tune()`` (``python bench.py tune``) writes the cache, later runs read it.
 """
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 import triton
 
-from .config import DEFAULT_CONFIG, CHUNK_SIZES, GLAConfig, chunk_candidates, state_candidates
+from .config import CHUNK_SIZES, DEFAULT_CONFIG, GLAConfig, chunk_candidates, state_candidates
 
 # DiG's GLA head dims in every size: K = D / (2H) = 32, V = D / H = 64. Token counts of the
 # resolutions 256 .. 2048 at patch 2 (and 4096 px) with B * T = 131072 tokens, H = 6 (ANCHORS.md).
@@ -30,9 +31,11 @@ def cache_path() -> Path:
     return root / "gla-diffusion" / "tuning.json"
 
 
-def device_key() -> str:
-    """GPU model and Triton version: a config tuned on one is not trusted on another."""
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+@functools.cache
+def device_key(device_index: int | None = None) -> str:
+    """GPU model and Triton version: a config tuned on one is not trusted on another.
+    Cached: get_config runs on every GLA call and must stay a dictionary lookup."""
+    name = torch.cuda.get_device_name(device_index) if torch.cuda.is_available() else "cpu"
     return f"{name} | triton {triton.__version__}"
 
 
@@ -122,8 +125,9 @@ def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
             "shape": [B, T, H, K, V], "table": table}
 
 
-def tune(shapes=DIG_TUNING_SHAPES, dtype=torch.bfloat16, force=False, progress=print) -> list[dict]:
+def tune(shapes=None, dtype=torch.bfloat16, force=False, progress=print) -> list[dict]:
     """Tune every shape class that the cache lacks (all with ``force``) and save the cache.
+    ``shapes``: (B, T, H, K, V) tuples, default DIG_TUNING_SHAPES.
 
     Returns one summary row per shape: shape, chosen config, its ms and the default's ms.
     """
@@ -132,10 +136,11 @@ def tune(shapes=DIG_TUNING_SHAPES, dtype=torch.bfloat16, force=False, progress=p
     cache = load_cache()
     dev = device_key()
     entries = cache.setdefault(dev, {})
-    rows = []
-    for B, T, H, K, V in shapes:
+    rows, tuned_now = [], set()
+    for B, T, H, K, V in shapes or DIG_TUNING_SHAPES:
         key = shape_key(T, K, V, dtype)
-        if key not in entries or force:
+        if key not in entries or (force and key not in tuned_now):  # 9216 and 16384 share a bucket
+            tuned_now.add(key)
             progress(f"tuning {key} (B={B}, H={H}) on {dev}")
             entries[key] = tune_shape(B, T, H, K, V, dtype, progress)
             save_cache(cache)
@@ -143,6 +148,34 @@ def tune(shapes=DIG_TUNING_SHAPES, dtype=torch.bfloat16, force=False, progress=p
         rows.append({"key": key, "T": T, **e["config"], "ms": e["ms"], "default_ms": e["default_ms"]})
     _memory_cache.clear()
     return rows
+
+
+def tuning_table(dtype=torch.bfloat16):
+    """Every timed candidate of this GPU's cache for dtype, one row each, best flagged (pandas)."""
+    import pandas as pd
+
+    rows = []
+    for key, entry in sorted(load_cache().get(device_key(), {}).items()):
+        if not key.endswith(str(dtype).replace("torch.", "")):
+            continue
+        for cand in entry["table"]:
+            config = {name: cand[name] for name in GLAConfig().as_dict()}
+            rows.append({"gpu": device_key(), "shape_key": key, "B,T,H,K,V": entry["shape"], **cand,
+                         "chosen": config == entry["config"],
+                         "default": GLAConfig(**config) == DEFAULT_CONFIG})
+    return pd.DataFrame(rows)
+
+
+def tuning_summary(table) -> str:
+    """Per shape: best ms for each chunk size (stage 1), the chosen config and the default's time."""
+    lines = [f"{'shape':<18} " + " ".join(f"chunk {c:>3}" for c in CHUNK_SIZES) + "   chosen config -> ms"]
+    for key, rows in table.groupby("shape_key", sort=False):
+        best = [rows[rows.chunk_size == c].ms.min() for c in CHUNK_SIZES]
+        chosen = rows[rows.chosen].iloc[0]
+        lines.append(f"{key:<18} " + " ".join(f"{b:9.3f}" for b in best)
+                     + f"   C{chosen.chunk_size} bv{chosen.state_block_v} sw{chosen.state_warps}"
+                       f" cw{chosen.chunk_warps} st{chosen.num_stages} -> {chosen.ms:.3f}")
+    return "\n".join(lines)
 
 
 __all__ = ["CHUNK_SIZES", "cache_path", "get_config", "tune", "DIG_TUNING_SHAPES"]
