@@ -126,6 +126,17 @@ def kernel_section(kernels: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
+def tuning_section(tuning_csv: Path) -> str:
+    """The chunk-size tuning of `python bench.py tune`: best fwd+bwd ms per chunk size and shape."""
+    from kernels.gla.tuning import tuning_summary
+
+    table = pd.read_csv(tuning_csv)
+    gpus = "; ".join(sorted(set(table["gpu"])))
+    return (f"`python bench.py tune` on {gpus}: forward + backward of `chunk_gla`, bf16, median ms of "
+            "`triton.testing.do_bench`, best launch config per chunk size; every candidate is in "
+            f"`{tuning_csv.name}`.\n\n```\n{tuning_summary(table)}\n```")
+
+
 def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figures: dict) -> Path:
     """Write out_dir/REPORT.md; figures maps a caption to an image path (linked relatively)."""
     from .results import load_frame
@@ -151,6 +162,9 @@ def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figu
         sections.append("## Kernel benchmark\n\n" + kernel_section(load_frame(kernels_csv)))
     else:
         sections.append("## Kernel benchmark\n\nNot run here: `python bench.py kernels` writes kernels.csv.")
+    tuning_csv = Path(out_dir) / "tuning.csv"
+    if tuning_csv.exists():
+        sections.append("## Chunk-size tuning\n\n" + tuning_section(tuning_csv))
     failures = ["Models: " + failures_section(frame)]
     if kernels_csv is not None:
         failures.append("Kernels: " + failures_section(load_frame(kernels_csv)))

@@ -167,15 +167,22 @@ def tuning_table(dtype=torch.bfloat16):
 
 
 def tuning_summary(table) -> str:
-    """Per shape: best ms for each chunk size (stage 1), the chosen config and the default's time."""
-    lines = [f"{'shape':<18} " + " ".join(f"chunk {c:>3}" for c in CHUNK_SIZES) + "   chosen config -> ms"]
-    for key, rows in table.groupby("shape_key", sort=False):
+    """Per shape: best ms for each chunk size, the chosen config and the default config's ms."""
+    header = " ".join(f"chunk {c:>3}" for c in CHUNK_SIZES)
+    lines = [f"{'shape':<24} {header}   chosen config -> ms   default when tuned -> ms"]
+    for key, rows in sorted(table.groupby("shape_key", sort=False), key=lambda item: shape_length(item[0])):
         best = [rows[rows.chunk_size == c].ms.min() for c in CHUNK_SIZES]
         chosen = rows[rows.chosen].iloc[0]
-        lines.append(f"{key:<18} " + " ".join(f"{b:9.3f}" for b in best)
+        default_ms = rows[rows.default].ms.min() if rows.default.any() else float("nan")
+        lines.append(f"{key:<24} " + " ".join(f"{b:9.3f}" for b in best)
                      + f"   C{chosen.chunk_size} bv{chosen.state_block_v} sw{chosen.state_warps}"
-                       f" cw{chosen.chunk_warps} st{chosen.num_stages} -> {chosen.ms:.3f}")
+                       f" cw{chosen.chunk_warps} st{chosen.num_stages} -> {chosen.ms:.3f}   {default_ms:.3f}")
     return "\n".join(lines)
+
+
+def shape_length(key: str) -> int:
+    """The T bucket of a shape key ("T4096-K32-V64-bfloat16" -> 4096), for sorting."""
+    return int(key[1:].split("-")[0])
 
 
 __all__ = ["CHUNK_SIZES", "cache_path", "get_config", "tune", "DIG_TUNING_SHAPES"]

@@ -1,0 +1,95 @@
+"""The per-GPU tuning cache: where it lives, what a lookup returns, and that lookups never tune."""
+
+import json
+
+import pytest
+import torch
+
+from kernels.gla import tuning
+from kernels.gla.config import DEFAULT_CONFIG, GLAConfig
+
+
+@pytest.fixture
+def cache_file(tmp_path, monkeypatch):
+    path = tmp_path / "tuning.json"
+    monkeypatch.setenv("GLA_TUNING_CACHE", str(path))
+    tuning._memory_cache.clear()
+    yield path
+    tuning._memory_cache.clear()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Pretend a GPU named 'Test GPU' is present; timing anything would fail loudly."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tuning, "device_key", lambda device_index=None: "Test GPU | triton x")
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a cache lookup must never time kernels")
+
+    monkeypatch.setattr(tuning, "time_config", no_timing)
+
+
+def entry(config: GLAConfig, T=4096):
+    table = [{**GLAConfig(chunk_size=c).as_dict(), "ms": 1.0 + c / 100} for c in (16, 32, 64, 128)]
+    return {"config": config.as_dict(), "ms": 1.16, "default_ms": 2.28, "shape": [32, T, 6, 32, 64],
+            "table": table}
+
+
+def test_cache_path_follows_the_environment(cache_file):
+    assert tuning.cache_path() == cache_file
+
+
+def test_shape_key_buckets_sequence_lengths():
+    assert tuning.shape_key(9216, 32, 64, torch.bfloat16) == tuning.shape_key(16384, 32, 64, torch.bfloat16)
+    assert tuning.shape_key(200, 32, 64, torch.float16) == "T256-K32-V64-float16"
+
+
+def test_lookup_returns_the_cached_config_without_tuning(cache_file, fake_gpu):
+    tuned = GLAConfig(chunk_size=32, state_block_v=16, state_warps=2, chunk_warps=2, num_stages=3)
+    key = tuning.shape_key(4096, 32, 64, torch.bfloat16)
+    tuning.save_cache({"Test GPU | triton x": {key: entry(tuned)}})
+    assert tuning.get_config(4000, 32, 64, torch.bfloat16) == tuned
+    assert tuning.get_config(4000, 32, 64, torch.float16) == DEFAULT_CONFIG  # other dtype: not tuned
+    forced = tuning.get_config(4000, 32, 64, torch.bfloat16, chunk_size=128)
+    assert forced.chunk_size == 128 and forced.state_block_v == tuned.state_block_v
+
+
+def test_other_gpu_entries_are_not_used(cache_file, fake_gpu):
+    key = tuning.shape_key(4096, 32, 64, torch.bfloat16)
+    tuning.save_cache({"Another GPU | triton x": {key: entry(GLAConfig(chunk_size=16))}})
+    assert tuning.get_config(4096, 32, 64, torch.bfloat16) == DEFAULT_CONFIG
+
+
+def test_without_a_gpu_the_cache_is_not_read(cache_file):
+    cache_file.write_text("not json")
+    assert tuning.get_config(4096, 32, 64, torch.bfloat16, tune_allowed=False) == DEFAULT_CONFIG
+
+
+def test_corrupt_cache_is_a_clear_error(cache_file, fake_gpu):
+    cache_file.write_text("{ broken")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        tuning.get_config(4096, 32, 64, torch.bfloat16)
+
+
+def test_save_is_atomic_and_round_trips(cache_file):
+    data = {"gpu": {"key": entry(GLAConfig())}}
+    tuning.save_cache(data)
+    assert json.loads(cache_file.read_text()) == data
+    assert not cache_file.with_suffix(".tmp").exists()
+
+
+def test_tuning_table_and_summary(cache_file, fake_gpu):
+    chosen = GLAConfig(chunk_size=16)
+    tuning.save_cache({"Test GPU | triton x": {"T4096-K32-V64-bfloat16": entry(chosen)}})
+    table = tuning.tuning_table(torch.bfloat16)
+    assert len(table) == 4 and table["chosen"].sum() == 1
+    assert table.loc[table["chosen"], "chunk_size"].item() == 16
+    summary = tuning.tuning_summary(table)
+    assert "T4096-K32-V64-bfloat16" in summary and "C16" in summary and "1.160" in summary
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_tuning_needs_a_gpu():
+    with pytest.raises(RuntimeError, match="CUDA GPU"):
+        tuning.tune()
