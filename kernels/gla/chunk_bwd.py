@@ -17,7 +17,7 @@ the reverse cumsum of q*dq - k*dk, is the same sum but subtracts O(1) terms that
 import triton
 import triton.language as tl
 
-from .chunk_fwd import chunk_rows, load_rows, store_rows
+from .chunk_fwd import chunk_rows, head_slab, load_rows, load_state, store_rows
 from .intra import decayed_cols, decayed_rows, decayed_scores, exclusive_cumsum, fast_path_ok
 
 
@@ -31,11 +31,7 @@ def gla_bwd_local_state_kernel(
     """Chunk c's own contribution to the gradient of the state entering it,
     scale * sum_i (q_i exp(G_i))^T do_i, into dh[c]. One program per chunk."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
-    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
+    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
     o_t, m_t = chunk_rows(i_c * BT, T, BT, REVERSE)
     b_q = load_rows(q + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BT, BK]
     b_g = load_rows(g + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BT, BK]
@@ -55,16 +51,10 @@ def gla_bwd_dq_kernel(
 ):
     """dq of chunk c, and W (the first part of dg) into dg_work, sum_t q_t dq_off_t into ptot."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
-    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
-    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
-    p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c) * K * V
-    b_dh_end = tl.load(dh + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V + o_kv, mask=m_kv, other=0.0)
-    b_s = tl.load(p_h + o_kv, mask=m_kv, other=0.0)  # [BK, BV] state entering the chunk
+    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
+    slot = i_bh.to(tl.int64) * (NT + 1) + i_c
+    b_dh_end = load_state(dh, slot + 1, o_k, o_v, m_k, m_v, K, V)  # [BK, BV] d state after the chunk
+    b_s = load_state(h, slot, o_k, o_v, m_k, m_v, K, V)  # [BK, BV] state entering the chunk
     p_chunk_k = (i_bh.to(tl.int64) * NT + i_c) * K + o_k
     b_gtot = tl.load(gl + p_chunk_k, mask=m_k, other=0.0)  # [BK] sum of the chunk's gates
     o_c = tl.arange(0, BC)
@@ -123,14 +113,8 @@ def gla_bwd_dkv_kernel(
     """dk, dv and dg of chunk c (a separate kernel from dq: together they needed 255 registers
     per thread and spilled 64 on the H200)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
-    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
-    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
-    b_dh_end = tl.load(dh + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V + o_kv, mask=m_kv, other=0.0)
+    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
+    b_dh_end = load_state(dh, i_bh.to(tl.int64) * (NT + 1) + i_c + 1, o_k, o_v, m_k, m_v, K, V)
     b_ppre = tl.load(ptot + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, mask=m_k, other=0.0)
     o_c = tl.arange(0, BC)
     m_causal = o_c[:, None] >= o_c[None, :]

@@ -37,6 +37,24 @@ def chunk_rows(i_start, T, BT: tl.constexpr, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def head_slab(i_bh, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """For program (batch, head) i_bh: int64 offsets of its t = 0 row in the [B, T, H, K] and
+    [B, T, H, V] tensors, the K and V lane indices, and their masks."""
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
+    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
+    return qk_base, v_base, o_k, o_v, o_k < K, o_v < V
+
+
+@triton.jit
+def load_state(ptr, slot, o_k, o_v, m_k, m_v, K: tl.constexpr, V: tl.constexpr):
+    """The fp32 [BK, BV] tile of state number `slot` (int64) in a [..., K, V] buffer."""
+    p = ptr + slot * K * V + o_k[:, None] * V + o_v[None, :]
+    return tl.load(p, mask=m_k[:, None] & m_v[None, :], other=0.0)
+
+
+@triton.jit
 def load_rows(ptr, o_t, m_t, o_d, m_d, row_stride):
     """Load a [rows, cols] tile of a [T, H, D] slab as fp32 (zeros outside the masks)."""
     p = ptr + o_t[:, None] * row_stride + o_d[None, :]
@@ -71,11 +89,7 @@ def gla_fwd_local_state_kernel(
     """Chunk c's own contribution to the state after it, D_c = sum_j (k_j exp(G_last - G_j))^T v_j,
     into h[c + 1], and its log decay G_last = sum of its gates into gl[c]. One program per chunk."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
-    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
+    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
     o_t, m_t = chunk_rows(i_c * BT, T, BT, REVERSE)
     b_k = load_rows(k + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BT, BK]
     b_g = load_rows(g + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BT, BK]
@@ -138,13 +152,8 @@ def gla_fwd_output_kernel(
     REVERSE: tl.constexpr, PREC: tl.constexpr,
 ):
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
-    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
-    p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c) * K * V
-    b_s = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
+    b_s = load_state(h, i_bh.to(tl.int64) * (NT + 1) + i_c, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
 
     o_c = tl.arange(0, BC)
     m_causal = o_c[:, None] >= o_c[None, :]
