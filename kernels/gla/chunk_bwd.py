@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .chunk_fwd import chunk_rows, head_slab, load_rows, load_state, store_rows
-from .intra import decayed_cols, decayed_rows, decayed_scores, exclusive_cumsum, fast_path_ok
+from .intra import decayed_cols, decayed_rows, decayed_scores, exclusive_cumsum, fast_path_ok, sub_chunk_masks
 
 
 @triton.jit
@@ -57,10 +57,7 @@ def gla_bwd_dq_kernel(
     b_s = load_state(h, slot, o_k, o_v, m_k, m_v, K, V)  # [BK, BV] state entering the chunk
     p_chunk_k = (i_bh.to(tl.int64) * NT + i_c) * K + o_k
     b_gtot = tl.load(gl + p_chunk_k, mask=m_k, other=0.0)  # [BK] sum of the chunk's gates
-    o_c = tl.arange(0, BC)
-    m_causal = o_c[:, None] >= o_c[None, :]
-    m_strict = o_c[:, None] > o_c[None, :]
-    m_diag = o_c[:, None] == o_c[None, :]
+    m_causal, m_strict, m_diag = sub_chunk_masks(BC)
     n_sub = BT // BC
 
     # Forward walk (needs the states S): dq and the first part of dg. dg_t is a sum of terms that
@@ -115,11 +112,8 @@ def gla_bwd_dkv_kernel(
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
     b_dh_end = load_state(dh, i_bh.to(tl.int64) * (NT + 1) + i_c + 1, o_k, o_v, m_k, m_v, K, V)
-    b_ppre = tl.load(ptot + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, mask=m_k, other=0.0)
-    o_c = tl.arange(0, BC)
-    m_causal = o_c[:, None] >= o_c[None, :]
-    m_strict = o_c[:, None] > o_c[None, :]
-    m_diag = o_c[:, None] == o_c[None, :]
+    b_ptot = tl.load(ptot + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, mask=m_k, other=0.0)
+    m_causal, m_strict, m_diag = sub_chunk_masks(BC)
     n_sub = BT // BC
 
     # Backward walk (needs the state gradients): dk, dv, and dg_t = W_t + sum_s q_s dq_off_s
@@ -153,7 +147,7 @@ def gla_bwd_dkv_kernel(
         store_rows(dk + qk_base, b_dk + b_dA_diag[:, None] * b_q, o_t, m_t, o_k, m_k, H * K)
         store_rows(dv + v_base, b_dv, o_t, m_t, o_v, m_v, H * V)
         b_kdk = b_k * b_dk_int
-        b_dg = b_w + b_ppre[None, :] - (b_ksuf[None, :] + tl.cumsum(b_kdk, axis=0, reverse=True))
+        b_dg = b_w + b_ptot[None, :] - (b_ksuf[None, :] + tl.cumsum(b_kdk, axis=0, reverse=True))
         store_rows(dg + qk_base, b_dg, o_t, m_t, o_k, m_k, H * K)
         b_ksuf += tl.sum(b_kdk, axis=0)
         b_gsuf += b_glast

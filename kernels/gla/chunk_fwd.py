@@ -21,7 +21,7 @@ needs no flipped copy. Offsets are int64 so B*T*H*K may exceed 2**31.
 import triton
 import triton.language as tl
 
-from .intra import decayed_scores, fast_path_ok
+from .intra import decayed_scores, fast_path_ok, sub_chunk_masks
 
 
 @triton.jit
@@ -155,8 +155,7 @@ def gla_fwd_output_kernel(
     qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
     b_s = load_state(h, i_bh.to(tl.int64) * (NT + 1) + i_c, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
 
-    o_c = tl.arange(0, BC)
-    m_causal = o_c[:, None] >= o_c[None, :]
+    m_causal, _, _ = sub_chunk_masks(BC)
     for i_s in range(BT // BC):
         o_t, m_t = chunk_rows(i_c * BT + i_s * BC, T, BC, REVERSE)
         b_q = load_rows(q + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BC, BK]

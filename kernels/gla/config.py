@@ -9,8 +9,8 @@ CHUNK_SIZES = (16, 32, 64, 128)
 
 @dataclass(frozen=True)
 class GLAConfig:
-    # Defaults: the H200's best at every T of the DiG shapes (fwd+bwd, bf16, K=32, V=64, H=6):
-    # chunk 128 took 2.38-3.23 ms for T = 256..65536 against 2.51-4.16 ms at chunk 64.
+    # Defaults: the H200's best at every T of the DiG shapes (fwd+bwd, bf16, K=32, V=64, H=6;
+    # reports/tuning.csv): chunk 128 took 2.25-3.10 ms for T = 256..65536, chunk 64 2.54-4.23 ms.
     chunk_size: int = 128  # tokens between stored states; also the work of one chunk-parallel program
     state_block_v: int = 32  # V columns per program of the sequential state scans (more programs)
     state_warps: int = 4  # warps of the sequential state scans

@@ -19,6 +19,13 @@ SAFE_GATE_RANGE = tl.constexpr(60.0)
 
 
 @triton.jit
+def sub_chunk_masks(BC: tl.constexpr):
+    """[BC, BC] masks over (query i, key j) of a sub-chunk: j <= i, j < i, and j == i."""
+    o_c = tl.arange(0, BC)
+    return o_c[:, None] >= o_c[None, :], o_c[:, None] > o_c[None, :], o_c[:, None] == o_c[None, :]
+
+
+@triton.jit
 def first_row(b_x, BC: tl.constexpr):
     """Row 0 of a [BC, BK] tile as a [BK] vector."""
     o_c = tl.arange(0, BC)
