@@ -47,3 +47,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for CPU-heavy tests: on the shared 2-core machine, torch's 2 spinning
+    threads made a 20 ms kernel-benchmark call take 0.3-0.7 s and DiS-S/2's forward + backward 82 s
+    instead of 5 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

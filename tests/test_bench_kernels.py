@@ -18,15 +18,6 @@ from bench.kernels import KERNEL_COLUMNS, KernelRun, KernelSettings
 from bench.results import load_frame, read_rows
 
 
-@pytest.fixture
-def one_torch_thread():
-    """One intra-op thread: on 2 shared cores, 2 spinning threads made a 20 ms call take 0.3-0.7 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_hbm_floor_bytes_match_the_anchor():
     # ANCHORS.md: 1216 bytes per token and head forward + backward, K=32, V=64, bf16.
     assert gla_bytes_per_token_head(32, 64, 2, "fwd+bwd") == 1216

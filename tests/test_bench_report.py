@@ -3,21 +3,11 @@ expected number is known), plus a kernel CSV from a tiny CPU run of the kernel b
 
 import pandas as pd
 import pytest
-import torch
 
 from bench import claims, figures
 from bench.cli import main
 from bench.kernels import KernelRun, KernelSettings
 from bench.results import MODEL_COLUMNS, load_frame, write_rows
-
-
-@pytest.fixture
-def one_torch_thread():
-    """One intra-op thread: on 2 shared cores, 2 spinning threads made a 20 ms call take 0.3-0.7 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 ENV = {"gpu": "NVIDIA H200", "driver": "580.65", "cuda": "13.0", "torch": "2.11.0+cu130", "triton": "3.6.0",
        "python": "3.12.3", "packages": "{}", "git_commit": "abc1234", "host": "gpu-host",
