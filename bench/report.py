@@ -74,8 +74,9 @@ def claims_section(frame: pd.DataFrame) -> str:
     extra = [(c.text, evaluate(frame, c)["measured"], evaluate(frame, c)["rows"]) for c in EXTRA_CLAIMS]
     text += ("\n\nBeyond the paper (the strongest attention baselines we have):\n\n"
              + md_table(("comparison", "measured here", "CSV rows"), extra))
-    return text + (f"\n\nSpeeds are training img/s; memory is {memory_metric(frame)} (GiB). A verdict needs "
-                   "both models at the same batch; DiS rows made with the reference scan are never used.")
+    return text + (f"\n\nSpeeds are training img/s; memory is {memory_metric(frame)} (GiB). Both models are "
+                   "compared at the largest batch both ran at; rows at larger batches where one ran out of "
+                   "memory are listed beside it. DiS rows made with the reference scan are never used.")
 
 
 def failures_section(frame: pd.DataFrame) -> str:

@@ -120,3 +120,22 @@ def test_plot_draws_only_what_the_csv_holds(tmp_path):
     assert main(["plot", "--out", str(tmp_path), "--device", "cpu"]) == 0
     assert (tmp_path / "fig2.png").exists()
     assert not (tmp_path / "fig3.png").exists()  # no 1024/2048 rows: no Fig. 3
+
+
+def test_claims_use_the_largest_batch_both_ran_and_show_the_oom_beside_it():
+    rows = (point("DiG", "S", 1792, 4, 40.0, 20.0) + point("DiT", "S", 1792, 4, None)
+            + point("DiG", "S", 1792, 1, 16.0, 5.0) + point("DiT", "S", 1792, 1, 4.0, 25.0))
+    frame = load_frame_from_rows(rows)
+    speed = claim_result(frame, "DiG-S/2 is 2.5x")
+    assert (speed["measured"], speed["verdict"]) == ("4.00x at b1", "holds")
+    assert speed["rows"] == ("DiG-S/2 1792px b1: 16 img/s; DiT-S/2 1792px b1: 4 img/s; "
+                             "DiG-S/2 1792px b4: 40 img/s; DiT-S/2 1792px b4: OOM")
+    assert claim_result(frame, "DiG-S/2 uses 75.7%")["measured"] == "80.0% less at b1"
+
+
+def test_more_memory_than_the_baseline_reads_as_more():
+    rows = point("DiG", "S", 1792, 4, 40.0, 20.0) + point("Flash-DiT", "S", 1792, 4, 20.0, 10.0)
+    frame = load_frame_from_rows(rows)
+    claim = next(c for c in claims.EXTRA_CLAIMS if c.text.endswith("memory"))
+    result = claims.evaluate(frame, claim)
+    assert (result["measured"], result["verdict"]) == ("100.0% more", "DiG worse")
