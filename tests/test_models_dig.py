@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import kernels.gla
+from kernels import interpreting
 from models.dig import DiG
-from models.gla_layer import triton_interpreter_enabled
 
 GRID = 4  # tiny models: 8 x 8 latent, patch 2 -> a 4 x 4 token grid
 TOKENS = GRID * GRID
@@ -166,7 +166,7 @@ def test_gla_backends_agree_inside_dig_block(backend):
 
 @pytest.mark.skipif(not hasattr(kernels.gla, "chunk_gla"), reason="kernels.gla does not export the Triton "
                     "chunk_gla yet; the lead enables this test with it")
-@pytest.mark.skipif(not triton_interpreter_enabled(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1 "
+@pytest.mark.skipif(not interpreting(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1 "
                     "set before the kernels are imported (tests/test_models_gpu.py covers the GPU)")
 def test_triton_gla_backend_agrees_inside_dig_block():
     assert relative_error_against_float64("triton") < FP32_TOLERANCE

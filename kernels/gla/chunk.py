@@ -1,9 +1,9 @@
 """Public Triton chunked GLA: launchers, the autograd Function and ``chunk_gla``."""
 
-import os
-
 import torch
 import triton
+
+from kernels import interpreting
 
 from .checks import check_gla_inputs
 from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_local_state_kernel
@@ -13,11 +13,6 @@ from .tuning import get_config
 
 SUB_CHUNK = 16  # tl.dot needs >= 16 rows; the [16, 16, K] intra-chunk decay tensor stays in registers
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def block_sizes(K: int, V: int):
