@@ -4,6 +4,7 @@ import datetime
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -65,7 +66,13 @@ def package_versions() -> dict:
 
 
 def git_commit() -> str:
-    """`git describe --always --dirty` of the repository, or 'none' outside a repo / before a commit."""
+    """`git describe --always --dirty` of the repository, or 'none' outside a repo / before a commit.
+
+    $BENCH_GIT_COMMIT overrides it, for runs on a copy of the tree whose .git is missing or stale: the
+    GPU machine's copy reported an older commit plus "-dirty" for rows measured at a newer one.
+    """
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, check=False,
                              capture_output=True, text=True, timeout=10)

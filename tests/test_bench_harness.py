@@ -184,3 +184,12 @@ def test_record_replaces_one_point_and_merge_keeps_the_latest_run(tmp_path):
     table = points(merged)
     assert set(table) == {("StandIn", 64), ("StandIn", 128), ("StandIn", 256)}
     assert table[("StandIn", 64)]["throughput"]["median"] == "8.0"  # the later run of 64 px won
+
+
+def test_bench_git_commit_overrides_what_git_reports(monkeypatch):
+    from bench.env import git_commit
+
+    monkeypatch.setenv("BENCH_GIT_COMMIT", "2f2f587")
+    assert git_commit() == "2f2f587"
+    monkeypatch.delenv("BENCH_GIT_COMMIT")
+    assert git_commit() not in ("", "2f2f587")

@@ -139,3 +139,14 @@ def test_more_memory_than_the_baseline_reads_as_more():
     claim = next(c for c in claims.EXTRA_CLAIMS if c.text.endswith("memory"))
     result = claims.evaluate(frame, claim)
     assert (result["measured"], result["verdict"]) == ("100.0% more", "DiG worse")
+
+
+def test_fig2_draws_the_sweeps_batch_not_a_side_point(tmp_path, monkeypatch):
+    rows = point("DiG", "S", 256, 4, 60.0, 1.0) + point("DiG", "S", 512, 4, 55.0, 2.0)
+    rows += point("DiG", "S", 1792, 1, 13.0, 4.0)  # a claim's side point at batch 1
+    write_rows(tmp_path / "models.csv", MODEL_COLUMNS, rows)
+    titles = []
+    pick = figures.pick_batch
+    monkeypatch.setattr(figures, "pick_batch", lambda *args: titles.append(pick(*args)[1]) or pick(*args))
+    assert main(["plot", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert titles[0] == "batch 4"
