@@ -147,6 +147,12 @@ def test_fig2_draws_the_sweeps_batch_not_a_side_point(tmp_path, monkeypatch):
     write_rows(tmp_path / "models.csv", MODEL_COLUMNS, rows)
     titles = []
     pick = figures.pick_batch
-    monkeypatch.setattr(figures, "pick_batch", lambda *args: titles.append(pick(*args)[1]) or pick(*args))
+
+    def recording_pick(*args):
+        rows, title = pick(*args)
+        titles.append(title)
+        return rows, title
+
+    monkeypatch.setattr(figures, "pick_batch", recording_pick)
     assert main(["plot", "--out", str(tmp_path), "--device", "cpu"]) == 0
     assert titles[0] == "batch 4"
