@@ -19,8 +19,10 @@ def validation_requested(validate: bool) -> bool:
 
 
 def check_gla_inputs(q, k, v, g, initial_state=None, scale=None, chunk_size=None,
-                     validate=False, allowed_dtypes=SUPPORTED_DTYPES):
+                     validate=False, allowed_dtypes=SUPPORTED_DTYPES, gate_logits=False):
     """Raise ValueError naming the argument if the GLA inputs are inconsistent.
+
+    gate_logits: g holds the gate's pre-activation (any sign), not the log gate (<= 0).
 
     Returns (B, T, H, K, V).
     """
@@ -63,14 +65,15 @@ def check_gla_inputs(q, k, v, g, initial_state=None, scale=None, chunk_size=None
     if chunk_size is not None and chunk_size not in (16, 32, 64, 128):
         raise ValueError(f"chunk_size must be one of 16, 32, 64, 128 or None, got {chunk_size!r}.")
     if validation_requested(validate):
-        check_gla_values(q, k, v, g, initial_state)
+        check_gla_values(q, k, v, g, initial_state, gate_logits)
     return B, T, H, K, V
 
 
-def check_gla_values(q, k, v, g, initial_state=None):
-    """Value checks that cost a device sync: gates must be <= 0 and nothing may be NaN."""
+def check_gla_values(q, k, v, g, initial_state=None, gate_logits=False):
+    """Value checks that cost a device sync: gates must be <= 0 (unless g holds gate logits) and
+    nothing may be NaN."""
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("initial_state", initial_state)):
         if x is not None and torch.isnan(x).any():
             raise ValueError(f"{name} contains NaN.")
-    if (g > 0).any():
+    if not gate_logits and (g > 0).any():
         raise ValueError(f"g must be a log-space forget gate (g <= 0); its maximum is {g.max().item():.4g}.")

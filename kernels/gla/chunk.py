@@ -1,4 +1,8 @@
-"""Public Triton chunked GLA: launchers, the autograd Function and ``chunk_gla``."""
+"""Host side of the Triton chunked GLA: launchers, the forward and backward orchestrators, and ``chunk_gla``.
+
+The orchestrators are registered as torch.library custom ops in ``ops.py`` so that torch.compile
+and CUDA graphs treat a GLA call as one opaque op; this file only launches kernels.
+"""
 
 import torch
 import triton
@@ -9,7 +13,7 @@ from .checks import check_gla_inputs
 from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_local_state_kernel
 from .chunk_fwd import chunk_state_scan_kernel, gla_fwd_local_state_kernel, gla_fwd_output_kernel
 from .config import GLAConfig, dot_precision
-from .tuning import get_config
+from .scan_order import grid_side, scan_flags
 
 SUB_CHUNK = 16  # tl.dot needs >= 16 rows; the [16, 16, K] intra-chunk decay tensor stays in registers
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -20,12 +24,26 @@ def block_sizes(K: int, V: int):
     return max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
 
 
-def launch_dims(q, v, cfg: GLAConfig):
-    """(B, T, H, K, V, NT, BK, BV, dot precision) for a launch."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    BK, BV = block_sizes(K, V)
-    return B, T, H, K, V, triton.cdiv(T, cfg.chunk_size), BK, BV, dot_precision(q.dtype, interpreting())
+def rows_layout(x: torch.Tensor) -> tuple:
+    """(batch stride, token stride) of a [B, T, H, D] tensor whose heads are contiguous in a row."""
+    return x.stride(0), x.stride(1)
+
+
+class Launch:
+    """What every kernel launch of one GLA call shares: shapes, tile widths, scan order, gate mode."""
+
+    def __init__(self, q, v, cfg: GLAConfig, reverse: bool, transpose: bool, gate_scale: float | None):
+        self.B, self.T, self.H, self.K = q.shape
+        self.V = v.shape[-1]
+        self.NT = triton.cdiv(self.T, cfg.chunk_size)
+        self.E = grid_side(self.T, transpose)
+        self.cfg = cfg
+        BK, BV = block_sizes(self.K, self.V)
+        self.gate_scale = 1.0 if gate_scale is None else gate_scale
+        self.shape = dict(H=self.H, K=self.K, V=self.V, BT=cfg.chunk_size, BK=BK, BV=BV, REVERSE=reverse,
+                          TRANSPOSE=transpose, GATE_LOGSIGMOID=gate_scale is not None,
+                          PREC=dot_precision(q.dtype, interpreting()))
+        self.grid = (self.NT, self.B * self.H)
 
 
 def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
@@ -38,123 +56,87 @@ def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
         num_warps=cfg.state_warps, num_stages=cfg.num_stages)
 
 
-def launch_fwd_state(k, v, g, h, gl, h0, reverse, cfg: GLAConfig):
-    """Fill h [B*H, NT+1, K, V] with the state entering each chunk and the final state, and
-    gl [B*H, NT, K] with each chunk's log decay."""
-    B, T, H, K, V, NT, BK, BV, prec = launch_dims(k, v, cfg)
-    gla_fwd_local_state_kernel[(NT, B * H)](
-        k, v, g, h, gl, T, NT, H=H, K=K, V=V, BT=cfg.chunk_size, BK=BK, BV=BV, REVERSE=reverse,
-        PREC=prec, num_warps=cfg.chunk_warps)
+def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
+    """Forward. Returns o [B, T, H, V] (contiguous, v's dtype), the chunk states h [B*H, NT+1, K, V]
+    fp32 (h[:, NT] is the final state) and the chunk log decays gl [B*H, NT, K] fp32, both kept
+    for the backward. q, k, v, g may be strided (rows_layout); h0 is fp32 [B, H, K, V] or None."""
+    L, cfg = launch, launch.cfg
+    h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
+    gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
+    o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
+    gla_fwd_local_state_kernel[L.grid](
+        k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, gl, L.gate_scale, L.T, L.NT, L.E,
+        **L.shape, num_warps=cfg.chunk_warps)
     launch_state_scan(h, gl, h0, False, cfg)
-
-
-def launch_fwd_output(q, k, v, g, h, o, scale, reverse, cfg: GLAConfig):
-    """Write o [B, T, H, V] from the chunk states h."""
-    B, T, H, K, V, NT, BK, BV, prec = launch_dims(q, v, cfg)
-    gla_fwd_output_kernel[(NT, B * H)](
-        q, k, v, g, h, o, scale, T, NT, H=H, K=K, V=V, BT=cfg.chunk_size, BC=SUB_CHUNK, BK=BK, BV=BV,
-        REVERSE=reverse, PREC=prec, num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
-
-
-def launch_bwd_state(q, g, do, dh, gl, dht, scale, reverse, cfg: GLAConfig):
-    """Fill dh [B*H, NT+1, K, V]: dh[c+1] is the gradient of the state after chunk c from later
-    tokens, dh[0] the gradient of the initial state."""
-    B, T, H, K, V, NT, BK, BV, prec = launch_dims(q, do, cfg)
-    gla_bwd_local_state_kernel[(NT, B * H)](
-        q, g, do, dh, scale, T, NT, H=H, K=K, V=V, BT=cfg.chunk_size, BK=BK, BV=BV, REVERSE=reverse,
-        PREC=prec, num_warps=cfg.chunk_warps)
-    launch_state_scan(dh, gl, dht, True, cfg)
-
-
-def launch_bwd_chunk(q, k, v, g, h, gl, do, dh, dq, dk, dv, dg, dg_work, ptot, scale, reverse,
-                     cfg: GLAConfig):
-    """Write dq, dk, dv, dg from the states h and the state gradients dh. dg_work: fp32 scratch of
-    g's shape (may be dg itself when dg is fp32); ptot: fp32 scratch [B*H, NT, K]."""
-    B, T, H, K, V, NT, BK, BV, prec = launch_dims(q, v, cfg)
-    shape = dict(H=H, K=K, V=V, BT=cfg.chunk_size, BC=SUB_CHUNK, BK=BK, BV=BV, REVERSE=reverse, PREC=prec,
-                 num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
-    gla_bwd_dq_kernel[(NT, B * H)](q, k, v, g, h, do, dh, gl, dq, dg_work, ptot, scale, T, NT, **shape)
-    gla_bwd_dkv_kernel[(NT, B * H)](q, k, v, g, do, dh, dk, dv, dg, dg_work, ptot, scale, T, NT, **shape)
-
-
-def chunk_gla_fwd(q, k, v, g, scale, h0, reverse, cfg: GLAConfig):
-    """Forward. Returns o [B, T, H, V], the chunk states h [B*H, NT+1, K, V] fp32 (h[:, NT] is the
-    final state) and the chunk log decays gl [B*H, NT, K] fp32, both kept for the backward."""
-    B, T, H, K = q.shape
-    NT = triton.cdiv(T, cfg.chunk_size)
-    h = torch.empty(B * H, NT + 1, K, v.shape[-1], device=q.device, dtype=torch.float32)
-    gl = torch.empty(B * H, NT, K, device=q.device, dtype=torch.float32)
-    o = torch.empty_like(v)
-    launch_fwd_state(k, v, g, h, gl, h0, reverse, cfg)
-    launch_fwd_output(q, k, v, g, h, o, scale, reverse, cfg)
+    gla_fwd_output_kernel[L.grid](
+        q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, o, scale,
+        L.gate_scale, L.T, L.NT, L.E, BC=SUB_CHUNK, **L.shape, num_warps=cfg.chunk_warps,
+        num_stages=cfg.num_stages)
     return o, h, gl
 
 
-def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, reverse, need_dh0, cfg: GLAConfig):
-    """Backward. Returns dq, dk, dv, dg (input dtypes) and dh0 (fp32 [B, H, K, V] or None)."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    NT = triton.cdiv(T, cfg.chunk_size)
-    dh = torch.empty(B * H, NT + 1, K, V, device=q.device, dtype=torch.float32)
-    dq, dk, dg = torch.empty_like(q), torch.empty_like(k), torch.empty_like(g)
-    dv = torch.empty_like(v)
-    launch_bwd_state(q, g, do, dh, gl, dht, scale, reverse, cfg)
-    dg_work = dg if dg.dtype == torch.float32 else torch.empty_like(g, dtype=torch.float32)
+def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None):
+    """Backward. Writes dq, dk, dv (each with its own rows_layout) and dg (contiguous; the gradient of
+    the gate pre-activation in gate mode) into `grads` = (dq, dk, dv, dg) when given, else into new
+    tensors of the input dtypes. Returns (dq, dk, dv, dg, dh0 fp32 [B, H, K, V]). do: contiguous."""
+    L, cfg = launch, launch.cfg
+    dh = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
+    if grads is None:
+        grads = (torch.empty(q.shape, device=q.device, dtype=q.dtype),
+                 torch.empty(k.shape, device=q.device, dtype=k.dtype),
+                 torch.empty(v.shape, device=q.device, dtype=v.dtype),
+                 torch.empty(g.shape, device=q.device, dtype=g.dtype))
+    dq, dk, dv, dg = grads
+    gla_bwd_local_state_kernel[L.grid](
+        q, *rows_layout(q), g, *rows_layout(g), do, dh, scale, L.gate_scale, L.T, L.NT, L.E,
+        **L.shape, num_warps=cfg.chunk_warps)
+    launch_state_scan(dh, gl, dht, True, cfg)
+    # dg_work parks W (see the dq kernel) in fp32; dg can hold it itself when it is fp32 and has
+    # dg_work's contiguous layout.
+    contiguous_fp32 = dg.dtype == torch.float32 and dg.is_contiguous()
+    dg_work = dg if contiguous_fp32 else torch.empty(dg.shape, device=q.device, dtype=torch.float32)
     ptot = torch.empty_like(gl)
-    launch_bwd_chunk(q, k, v, g, h, gl, do, dh, dq, dk, dv, dg, dg_work, ptot, scale, reverse, cfg)
-    dh0 = dh[:, 0].reshape(B, H, K, V) if need_dh0 else None
+    inputs = (q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g))
+    chunk_args = dict(BC=SUB_CHUNK, **L.shape, num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
+    gla_bwd_dq_kernel[L.grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dg_work, ptot, scale,
+                              L.gate_scale, L.T, L.NT, L.E, **chunk_args)
+    gla_bwd_dkv_kernel[L.grid](*inputs, do, dh, dk, *rows_layout(dk), dv, *rows_layout(dv), dg, dg_work,
+                               ptot, scale, L.gate_scale, L.T, L.NT, L.E, **chunk_args)
+    dh0 = dh[:, 0].reshape(L.B, L.H, L.K, L.V)
     return dq, dk, dv, dg, dh0
 
 
-class ChunkGLAFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, g, scale, h0, output_final_state, reverse, cfg):
-        h0_fp32 = None if h0 is None else h0.float().contiguous()
-        o, h, gl = chunk_gla_fwd(q, k, v, g, scale, h0_fp32, reverse, cfg)
-        ctx.save_for_backward(q, k, v, g, h, gl)
-        ctx.scale, ctx.reverse, ctx.cfg = scale, reverse, cfg
-        ctx.h0_dtype = None if h0 is None else h0.dtype
-        final_state = None
-        if output_final_state:
-            B, T, H, K = q.shape
-            final_state = h[:, -1].reshape(B, H, K, v.shape[-1]).clone()
-        return o, final_state
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, g, h, gl = ctx.saved_tensors
-        dht = None if dht is None else dht.float().contiguous()
-        need_dh0 = ctx.h0_dtype is not None
-        dq, dk, dv, dg, dh0 = chunk_gla_bwd(q, k, v, g, h, gl, do.contiguous(), dht, ctx.scale,
-                                            ctx.reverse, need_dh0, ctx.cfg)
-        if dh0 is not None:
-            dh0 = dh0.to(ctx.h0_dtype)
-        return dq, dk, dv, dg, None, dh0, None, None, None
-
-
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False,
-              reverse=False, chunk_size=None, validate=False):
+              reverse=False, chunk_size=None, validate=False, scan_order="raster", gate_normalizer=None):
     """Chunked gated linear attention with hand-written Triton kernels (forward and backward).
 
     Args:
         q, k, g: [B, T, H, K]; v: [B, T, H, V]; fp16, bf16 or fp32, on a CUDA device (or on the
-            CPU under TRITON_INTERPRET=1). g <= 0 is the log-space forget gate.
+            CPU under TRITON_INTERPRET=1). g <= 0 is the log-space forget gate. Inputs may be views
+            with any batch and token strides (column slices of one projection output); each head's
+            K (V) values must be contiguous.
         scale: multiplies q S_t; defaults to K ** -0.5.
         initial_state: optional [B, H, K, V] state S_{-1} (kept in fp32 inside).
         output_final_state: also return the fp32 final state [B, H, K, V].
-        reverse: scan from t = T-1 down to 0 (no flipped copy is made).
+        reverse: scan the order backwards (no flipped copy is made).
         chunk_size: 16, 32, 64 or 128 tokens between stored states; None takes the tuned value
             for this GPU and shape (``python bench.py tune``) or the default.
         validate: also check values (g <= 0, no NaN); costs a device sync. GLA_VALIDATE=1 too.
+        scan_order: "raster", "reversed", "column" or "reversed_column" over the sqrt(T) x sqrt(T)
+            token grid (kernels/gla/scan_order.py); the tensors stay in raster order.
+        gate_normalizer: if given, g holds the gate's pre-activation x and the forget gate is
+            logsigmoid(x) / gate_normalizer, computed inside the kernels (DiG: 16); the gradient
+            returned for g is then that of x.
     Returns:
         (o [B, T, H, V] in v's dtype, final_state fp32 [B, H, K, V] or None)
     """
-    B, T, H, K, V = check_gla_inputs(q, k, v, g, initial_state, scale, chunk_size, validate,
-                                     allowed_dtypes=TRITON_DTYPES)
+    from .ops import gla_autograd
+
+    check_gla_inputs(q, k, v, g, initial_state, scale, chunk_size, validate, allowed_dtypes=TRITON_DTYPES,
+                     gate_logits=gate_normalizer is not None)
     if q.device.type != "cuda" and not interpreting():
         raise ValueError(f"chunk_gla runs Triton kernels: q must be on a CUDA device (got {q.device}); "
                          "on the CPU use chunk_gla_torch, or set TRITON_INTERPRET=1 for the interpreter.")
-    scale = K ** -0.5 if scale is None else float(scale)
-    cfg = get_config(T, K, V, q.dtype, chunk_size=chunk_size, tune_allowed=not interpreting())
-    q, k, v, g = (x.contiguous() for x in (q, k, v, g))
-    return ChunkGLAFunction.apply(q, k, v, g, scale, initial_state, output_final_state, reverse, cfg)
+    flip, transpose = scan_flags(scan_order, reverse)
+    return gla_autograd(q, k, v, g, scale, initial_state, output_final_state, flip, transpose, chunk_size,
+                        gate_normalizer)

@@ -17,25 +17,26 @@ the reverse cumsum of q*dq - k*dk, is the same sum but subtracts O(1) terms that
 import triton
 import triton.language as tl
 
-from .chunk_fwd import chunk_rows, head_slab, load_rows, load_state, store_rows
+from .chunk_fwd import head_offset, lanes, load_rows, load_state, log_forget_gate, scan_rows, store_rows
 from .intra import decayed_cols, decayed_rows, decayed_scores, exclusive_cumsum, fast_path_ok, sub_chunk_masks
 
 
 @triton.jit
 def gla_bwd_local_state_kernel(
-    q, g, do, dh, scale, T, NT,
+    q, q_sb, q_st, g, g_sb, g_st, do, dh, scale, gate_scale, T, NT, E,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    REVERSE: tl.constexpr, PREC: tl.constexpr,
+    REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
     """Chunk c's own contribution to the gradient of the state entering it,
-    scale * sum_i (q_i exp(G_i))^T do_i, into dh[c]. One program per chunk."""
+    scale * sum_i (q_i exp(G_i))^T do_i, into dh[c]. One program per chunk; do is contiguous."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
-    o_t, m_t = chunk_rows(i_c * BT, T, BT, REVERSE)
-    b_q = load_rows(q + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BT, BK]
-    b_g = load_rows(g + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BT, BK]
-    b_do = load_rows(do + v_base, o_t, m_t, o_v, m_v, H * V)  # [BT, BV]
+    o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
+    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    b_q = load_rows(q + head_offset(i_bh, H, q_sb, K), o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
+    b_g = load_rows(g + head_offset(i_bh, H, g_sb, K), o_t, m_t, o_k, m_k, g_st)  # [BT, BK]
+    b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(b_g, GATE_LOGSIGMOID, gate_scale), 0.0)
+    b_do = load_rows(do + head_offset(i_bh, H, T * H * V, V), o_t, m_t, o_v, m_v, H * V)  # [BT, BV]
     b_qd = b_q * tl.exp(tl.cumsum(b_g, axis=0)) * scale
     b_d = tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)  # [BK, BV]
     p_dh = dh + (i_bh.to(tl.int64) * (NT + 1) + i_c) * K * V
@@ -44,14 +45,20 @@ def gla_bwd_local_state_kernel(
 
 @triton.jit
 def gla_bwd_dq_kernel(
-    q, k, v, g, h, do, dh, gl, dq, dg_work, ptot, scale, T, NT,
+    q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, h, do, dh, gl, dq, dq_sb, dq_st,
+    dg_work, ptot, scale, gate_scale, T, NT, E,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    REVERSE: tl.constexpr, PREC: tl.constexpr,
+    REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dq of chunk c, and W (the first part of dg) into dg_work, sum_t q_t dq_off_t into ptot."""
+    """dq of chunk c, and W (the first part of dg) into dg_work, sum_t q_t dq_off_t into ptot.
+    do and dg_work are contiguous ([B, T, H, V] and [B, T, H, K])."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
+    o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
+    p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
+    p_v, p_g = v + head_offset(i_bh, H, v_sb, V), g + head_offset(i_bh, H, g_sb, K)
+    p_do, p_dq = do + head_offset(i_bh, H, T * H * V, V), dq + head_offset(i_bh, H, dq_sb, K)
+    p_w = dg_work + head_offset(i_bh, H, T * H * K, K)
     slot = i_bh.to(tl.int64) * (NT + 1) + i_c
     b_dh_end = load_state(dh, slot + 1, o_k, o_v, m_k, m_v, K, V)  # [BK, BV] d state after the chunk
     b_s = load_state(h, slot, o_k, o_v, m_k, m_v, K, V)  # [BK, BV] state entering the chunk
@@ -72,12 +79,13 @@ def gla_bwd_dq_kernel(
     b_gpre = tl.zeros([BK], dtype=tl.float32)  # gate sum of the earlier sub-chunks of the chunk
     b_ppre = tl.zeros([BK], dtype=tl.float32)  # sum of q*dq_off over the earlier rows of the chunk
     for i_s in range(n_sub):
-        o_t, m_t = chunk_rows(i_c * BT + i_s * BC, T, BC, REVERSE)
-        b_q = load_rows(q + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BC, BK]
-        b_k = load_rows(k + qk_base, o_t, m_t, o_k, m_k, H * K)
-        b_g = load_rows(g + qk_base, o_t, m_t, o_k, m_k, H * K)
-        b_v = load_rows(v + v_base, o_t, m_t, o_v, m_v, H * V)  # [BC, BV]
-        b_do = load_rows(do + v_base, o_t, m_t, o_v, m_v, H * V)
+        o_t, m_t = scan_rows(i_c * BT + i_s * BC, T, E, BC, REVERSE, TRANSPOSE)
+        b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BC, BK]
+        b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
+        b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(load_rows(p_g, o_t, m_t, o_k, m_k, g_st),
+                                                                    GATE_LOGSIGMOID, gate_scale), 0.0)
+        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
+        b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = tl.sum(b_g, axis=0)
         b_dA = tl.where(m_causal, tl.dot(b_do, tl.trans(b_v), input_precision=PREC) * scale, 0.0)
@@ -85,13 +93,13 @@ def gla_bwd_dq_kernel(
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_dq = decayed_rows(tl.where(m_strict, b_dA, 0.0), b_k, b_gc, m_strict, fast, BC, PREC)
         b_dq += tl.dot(b_do, tl.trans(b_s), input_precision=PREC) * tl.exp(b_gc) * scale
-        store_rows(dq + qk_base, b_dq + b_dA_diag[:, None] * b_k, o_t, m_t, o_k, m_k, H * K)
+        store_rows(p_dq, b_dq + b_dA_diag[:, None] * b_k, o_t, m_t, o_k, m_k, dq_st)
         b_u = tl.dot(b_v, tl.trans(b_dh_end), input_precision=PREC)  # [BC, BK]
         b_u = b_u * b_k * tl.exp(b_gtot[None, :] - b_gpre[None, :] - b_gc)
         b_p = b_q * b_dq
         b_w = b_ext[None, :] + exclusive_cumsum(b_u, BC, PREC)
         b_w -= b_ppre[None, :] + exclusive_cumsum(b_p, BC, PREC)
-        store_rows(dg_work + qk_base, b_w, o_t, m_t, o_k, m_k, H * K)
+        store_rows(p_w, b_w, o_t, m_t, o_k, m_k, H * K)
         b_ext += tl.sum(b_u, axis=0)
         b_ppre += tl.sum(b_p, axis=0)
         b_gpre += b_glast
@@ -102,15 +110,22 @@ def gla_bwd_dq_kernel(
 
 @triton.jit
 def gla_bwd_dkv_kernel(
-    q, k, v, g, do, dh, dk, dv, dg, dg_work, ptot, scale, T, NT,
+    q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, do, dh, dk, dk_sb, dk_st, dv, dv_sb, dv_st,
+    dg, dg_work, ptot, scale, gate_scale, T, NT, E,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    REVERSE: tl.constexpr, PREC: tl.constexpr,
+    REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
     """dk, dv and dg of chunk c (a separate kernel from dq: together they needed 255 registers
-    per thread and spilled 64 on the H200)."""
+    per thread and spilled 64 on the H200). dg and dg_work are contiguous [B, T, H, K]; with
+    GATE_LOGSIGMOID, dg is the gradient of the gate's pre-activation."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
+    o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
+    p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
+    p_v, p_g = v + head_offset(i_bh, H, v_sb, V), g + head_offset(i_bh, H, g_sb, K)
+    p_do = do + head_offset(i_bh, H, T * H * V, V)
+    p_dk, p_dv = dk + head_offset(i_bh, H, dk_sb, K), dv + head_offset(i_bh, H, dv_sb, V)
+    p_dg, p_w = dg + head_offset(i_bh, H, T * H * K, K), dg_work + head_offset(i_bh, H, T * H * K, K)
     b_dh_end = load_state(dh, i_bh.to(tl.int64) * (NT + 1) + i_c + 1, o_k, o_v, m_k, m_v, K, V)
     b_ptot = tl.load(ptot + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, mask=m_k, other=0.0)
     m_causal, m_strict, m_diag = sub_chunk_masks(BC)
@@ -124,13 +139,15 @@ def gla_bwd_dkv_kernel(
     b_ksuf = tl.zeros([BK], dtype=tl.float32)  # sum of k*dk_int over the later rows of the chunk
     for i_r in range(n_sub):
         i_s = n_sub - 1 - i_r
-        o_t, m_t = chunk_rows(i_c * BT + i_s * BC, T, BC, REVERSE)
-        b_q = load_rows(q + qk_base, o_t, m_t, o_k, m_k, H * K)
-        b_k = load_rows(k + qk_base, o_t, m_t, o_k, m_k, H * K)
-        b_g = load_rows(g + qk_base, o_t, m_t, o_k, m_k, H * K)
-        b_v = load_rows(v + v_base, o_t, m_t, o_v, m_v, H * V)
-        b_do = load_rows(do + v_base, o_t, m_t, o_v, m_v, H * V)
-        b_w = load_rows(dg_work + qk_base, o_t, m_t, o_k, m_k, H * K)
+        o_t, m_t = scan_rows(i_c * BT + i_s * BC, T, E, BC, REVERSE, TRANSPOSE)
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)
+        b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
+        b_graw = load_rows(p_g, o_t, m_t, o_k, m_k, g_st)
+        b_g = tl.where(m_tk, log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale), 0.0)
+        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)
+        b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
+        b_w = load_rows(p_w, o_t, m_t, o_k, m_k, H * K)
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = tl.sum(b_g, axis=0)
         b_ds_ext = b_dh_end * tl.exp(b_gsuf)[:, None]
@@ -144,11 +161,13 @@ def gla_bwd_dkv_kernel(
         b_dk = b_dk_int + tl.dot(b_v, tl.trans(b_ds_ext), input_precision=PREC) * b_kdecay
         b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
         b_dv += tl.dot(b_k * b_kdecay, b_ds_int + b_ds_ext, input_precision=PREC)
-        store_rows(dk + qk_base, b_dk + b_dA_diag[:, None] * b_q, o_t, m_t, o_k, m_k, H * K)
-        store_rows(dv + v_base, b_dv, o_t, m_t, o_v, m_v, H * V)
+        store_rows(p_dk, b_dk + b_dA_diag[:, None] * b_q, o_t, m_t, o_k, m_k, dk_st)
+        store_rows(p_dv, b_dv, o_t, m_t, o_v, m_v, dv_st)
         b_kdk = b_k * b_dk_int
         b_dg = b_w + b_ptot[None, :] - (b_ksuf[None, :] + tl.cumsum(b_kdk, axis=0, reverse=True))
-        store_rows(dg + qk_base, b_dg, o_t, m_t, o_k, m_k, H * K)
+        if GATE_LOGSIGMOID:  # d logsigmoid(x) / dx = sigmoid(-x)
+            b_dg = b_dg * tl.sigmoid(-b_graw) * gate_scale
+        store_rows(p_dg, b_dg, o_t, m_t, o_k, m_k, H * K)
         b_ksuf += tl.sum(b_kdk, axis=0)
         b_gsuf += b_glast
         b_qd = b_q * tl.exp(b_gc) * scale

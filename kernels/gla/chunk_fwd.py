@@ -14,8 +14,12 @@ chunk size); each chunk is processed in sub-chunks of BC = 16 tokens.
   where G is the fp32 gate cumsum that restarts at each sub-chunk (intra.py says how A is
   formed without overflow for any gate).
 
-Time index: with REVERSE the logical position i reads physical row T-1-i, so a reverse scan
-needs no flipped copy. Offsets are int64 so B*T*H*K may exceed 2**31.
+Scan order: sequence position i reads token row p(i) of the raster-ordered tensors (REVERSE,
+TRANSPOSE: kernels/gla/scan_order.py), so no scan order needs a flipped or transposed copy. Inputs
+may be column slices of a wider tensor (a fused projection's output): each input takes its batch
+and token strides; heads are contiguous within a row. Offsets are int64 so B*T*H*K may exceed 2**31.
+With GATE_LOGSIGMOID the kernels receive the gate's pre-activation x and use g = logsigmoid(x) *
+gate_scale, computed in fp32 as each tile is loaded.
 """
 
 import triton
@@ -25,26 +29,34 @@ from .intra import decayed_scores, fast_path_ok, sub_chunk_masks
 
 
 @triton.jit
-def chunk_rows(i_start, T, BT: tl.constexpr, REVERSE: tl.constexpr):
-    """Physical time rows (int64) and validity mask of logical rows [i_start, i_start + BT)."""
+def scan_rows(i_start, T, E, BT: tl.constexpr, REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """Token rows (int64) and validity mask of scan positions [i_start, i_start + BT).
+
+    Position i reads token p(i) of the raster-ordered tensor: REVERSE maps i to T-1-i first, then
+    TRANSPOSE reads the e x e grid column-major, p = (i % E) * E + i // E (kernels/gla/scan_order.py).
+    """
     o_i = i_start + tl.arange(0, BT)
     m_t = o_i < T
+    o_p = tl.where(m_t, o_i, 0)
     if REVERSE:
-        o_t = tl.where(m_t, T - 1 - o_i, 0)
-    else:
-        o_t = tl.where(m_t, o_i, 0)
-    return o_t.to(tl.int64), m_t
+        o_p = tl.where(m_t, T - 1 - o_i, 0)
+    if TRANSPOSE:
+        o_p = (o_p % E) * E + o_p // E
+    return o_p.to(tl.int64), m_t
 
 
 @triton.jit
-def head_slab(i_bh, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """For program (batch, head) i_bh: int64 offsets of its t = 0 row in the [B, T, H, K] and
-    [B, T, H, V] tensors, the K and V lane indices, and their masks."""
-    i_b, i_h = i_bh // H, i_bh % H
+def head_offset(i_bh, H: tl.constexpr, s_b, D: tl.constexpr):
+    """int64 element offset of (batch, head) i_bh at token 0 in a [B, T, H, D] tensor whose heads
+    are contiguous within a token row and whose batch stride is s_b (any token stride)."""
+    return (i_bh // H).to(tl.int64) * s_b + (i_bh % H) * D
+
+
+@triton.jit
+def lanes(K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """The K and V lane indices of a tile and their masks."""
     o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
-    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
-    return qk_base, v_base, o_k, o_v, o_k < K, o_v < V
+    return o_k, o_v, o_k < K, o_v < V
 
 
 @triton.jit
@@ -59,6 +71,15 @@ def load_rows(ptr, o_t, m_t, o_d, m_d, row_stride):
     """Load a [rows, cols] tile of a [T, H, D] slab as fp32 (zeros outside the masks)."""
     p = ptr + o_t[:, None] * row_stride + o_d[None, :]
     return tl.load(p, mask=m_t[:, None] & m_d[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def log_forget_gate(b_g, GATE_LOGSIGMOID: tl.constexpr, gate_scale):
+    """The log forget gate from a loaded g tile: g itself, or logsigmoid(g) * gate_scale when the
+    kernel is given the gate's pre-activation (DiG: logsigmoid(x) / 16, fused into the load)."""
+    if GATE_LOGSIGMOID:
+        b_g = (tl.minimum(b_g, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(b_g)))) * gate_scale
+    return b_g
 
 
 @triton.jit
@@ -81,19 +102,20 @@ def store_rows(ptr, value, o_t, m_t, o_d, m_d, row_stride):
 
 @triton.jit
 def gla_fwd_local_state_kernel(
-    k, v, g, h, gl, T, NT,
+    k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, h, gl, gate_scale, T, NT, E,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    REVERSE: tl.constexpr, PREC: tl.constexpr,
+    REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
     """Chunk c's own contribution to the state after it, D_c = sum_j (k_j exp(G_last - G_j))^T v_j,
     into h[c + 1], and its log decay G_last = sum of its gates into gl[c]. One program per chunk."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
-    o_t, m_t = chunk_rows(i_c * BT, T, BT, REVERSE)
-    b_k = load_rows(k + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BT, BK]
-    b_g = load_rows(g + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BT, BK]
-    b_v = load_rows(v + v_base, o_t, m_t, o_v, m_v, H * V)  # [BT, BV]
+    o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
+    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    b_k = load_rows(k + head_offset(i_bh, H, k_sb, K), o_t, m_t, o_k, m_k, k_st)  # [BT, BK]
+    b_g = load_rows(g + head_offset(i_bh, H, g_sb, K), o_t, m_t, o_k, m_k, g_st)  # [BT, BK]
+    b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(b_g, GATE_LOGSIGMOID, gate_scale), 0.0)
+    b_v = load_rows(v + head_offset(i_bh, H, v_sb, V), o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
     b_gc = tl.cumsum(b_g, axis=0)
     b_glast = tl.sum(b_g, axis=0)  # [BK]
     b_d = tl.dot(tl.trans(b_k * tl.exp(b_glast[None, :] - b_gc)), b_v, input_precision=PREC)
@@ -146,28 +168,34 @@ def chunk_state_scan_kernel(
 
 @triton.jit
 def gla_fwd_output_kernel(
-    q, k, v, g, h, o, scale, T, NT,
+    q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, h, o, scale, gate_scale, T, NT, E,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    REVERSE: tl.constexpr, PREC: tl.constexpr,
+    REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
+    """o of chunk c ([B, T, H, V], contiguous) from the state entering it. One program per chunk."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    qk_base, v_base, o_k, o_v, m_k, m_v = head_slab(i_bh, T, H, K, V, BK, BV)
+    o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
+    p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
+    p_v, p_g = v + head_offset(i_bh, H, v_sb, V), g + head_offset(i_bh, H, g_sb, K)
+    p_o = o + head_offset(i_bh, H, T * H * V, V)
     b_s = load_state(h, i_bh.to(tl.int64) * (NT + 1) + i_c, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
 
     m_causal, _, _ = sub_chunk_masks(BC)
     for i_s in range(BT // BC):
-        o_t, m_t = chunk_rows(i_c * BT + i_s * BC, T, BC, REVERSE)
-        b_q = load_rows(q + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BC, BK]
-        b_k = load_rows(k + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BC, BK]
-        b_g = load_rows(g + qk_base, o_t, m_t, o_k, m_k, H * K)  # [BC, BK]
-        b_v = load_rows(v + v_base, o_t, m_t, o_v, m_v, H * V)  # [BC, BV]
+        o_t, m_t = scan_rows(i_c * BT + i_s * BC, T, E, BC, REVERSE, TRANSPOSE)
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BC, BK]
+        b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)  # [BC, BK]
+        b_g = tl.where(m_tk, log_forget_gate(load_rows(p_g, o_t, m_t, o_k, m_k, g_st), GATE_LOGSIGMOID,
+                                             gate_scale), 0.0)  # [BC, BK]
+        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = tl.sum(b_g, axis=0)
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC)  # [BC, BC]
         b_o = tl.dot(b_q * tl.exp(b_gc), b_s, input_precision=PREC)
         b_o += tl.dot(b_A, b_v, input_precision=PREC)
-        store_rows(o + v_base, b_o * scale, o_t, m_t, o_v, m_v, H * V)
+        store_rows(p_o, b_o * scale, o_t, m_t, o_v, m_v, H * V)
         b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
         b_s = b_s * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)

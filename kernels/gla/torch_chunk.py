@@ -26,24 +26,34 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_gla_inputs
+from .naive import forget_gate_from_logits
+from .scan_order import from_scan_order, gather_for_scan
 
 DEFAULT_CHUNK_SIZE = 64
 
 
 def chunk_gla_torch(q, k, v, g, scale=None, initial_state=None, output_final_state=False,
-                    reverse=False, chunk_size=DEFAULT_CHUNK_SIZE, validate=False):
-    """Chunked GLA with the semantics of naive_recurrent_gla, differentiable by autograd.
+                    reverse=False, chunk_size=DEFAULT_CHUNK_SIZE, validate=False, scan_order="raster",
+                    gate_normalizer=None):
+    """Chunked GLA with the semantics (and signature) of naive_recurrent_gla, differentiable by autograd.
 
     q, k, g: [B, T, H, K]; v: [B, T, H, V]; initial_state: [B, H, K, V] or None; scale defaults
-    to K**-0.5; chunk_size in {16, 32, 64, 128} (None picks 64). reverse=True scans from t=T-1
-    down to 0. Accumulates in fp32 (fp64 for fp64 inputs). Returns o [B, T, H, V] in v's dtype
-    and the final state [B, H, K, V] in the accumulation dtype (None unless output_final_state).
+    to K**-0.5; chunk_size in {16, 32, 64, 128} (None picks 64). scan_order and reverse pick the
+    scan order (kernels/gla/scan_order.py; column orders gather the tokens into scan order and
+    scatter the output back); with gate_normalizer, g holds gate logits and the gate is
+    logsigmoid(g) / gate_normalizer. Accumulates in fp32 (fp64 for fp64 inputs). Returns
+    o [B, T, H, V] in v's dtype and the final state [B, H, K, V] in the accumulation dtype (None
+    unless output_final_state).
     """
-    B, T, H, K, V = check_gla_inputs(q, k, v, g, initial_state, scale, chunk_size, validate)
+    B, T, H, K, V = check_gla_inputs(q, k, v, g, initial_state, scale, chunk_size, validate,
+                                     gate_logits=gate_normalizer is not None)
     chunk_size = DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
     scale = K ** -0.5 if scale is None else scale
     out_dtype = v.dtype
     acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if gate_normalizer is not None:
+        g = forget_gate_from_logits(g.to(acc_dtype), gate_normalizer)
+    (q, k, v, g), reverse, index = gather_for_scan((q, k, v, g), scan_order, reverse)
     if reverse:  # a reversed scan is the forward scan of the time-reversed sequence
         q, k, v, g = (x.flip(1) for x in (q, k, v, g))
     q, k, v, g = (_split_chunks(x, chunk_size, acc_dtype) for x in (q, k, v, g))  # [B, H, N, C, D]
@@ -52,6 +62,8 @@ def chunk_gla_torch(q, k, v, g, scale=None, initial_state=None, output_final_sta
     o = (scale * o).flatten(2, 3)[:, :, :T].transpose(1, 2)  # [B, T, H, V]
     if reverse:
         o = o.flip(1)
+    if index is not None:
+        o = from_scan_order(o, index)
     return o.to(out_dtype), (final_state if output_final_state else None)
 
 

@@ -6,6 +6,7 @@ $GLA_TUNING_CACHE if set, else $XDG_CACHE_HOME (or ~/.cache)/gla-diffusion/tunin
 Lookups never tune: ``tune()`` (``python bench.py tune``) writes the cache, later runs read it.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -14,6 +15,9 @@ from pathlib import Path
 import torch
 import triton
 
+from kernels import interpreting
+
+from .chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
 from .config import CHUNK_SIZES, DEFAULT_CONFIG, GLAConfig, chunk_candidates, state_candidates
 
 # DiG's GLA head dims in every size: K = D / (2H) = 32, V = D / H = 64. Token counts of the
@@ -84,16 +88,23 @@ def get_config(T, K, V, dtype, chunk_size=None, tune_allowed=True) -> GLAConfig:
     return cfg
 
 
+@torch.compiler.assume_constant_result
+def launch_config(T: int, K: int, V: int, dtype: torch.dtype, chunk_size: int | None = None) -> tuple:
+    """get_config as a tuple of ints, for the GLA op's arguments. torch.compile evaluates it once at
+    trace time (a constant of the graph): the cache file is never read inside a compiled step."""
+    cfg = get_config(T, K, V, dtype, chunk_size=chunk_size, tune_allowed=not interpreting())
+    return dataclasses.astuple(cfg)
+
+
 def time_config(inputs, cfg: GLAConfig) -> float:
     """Median ms of forward + backward with this config (compiled and warmed up first)."""
-    from .chunk import chunk_gla_bwd, chunk_gla_fwd
-
     q, k, v, g, do = inputs
     scale = q.shape[-1] ** -0.5
+    launch = Launch(q, v, cfg, reverse=False, transpose=False, gate_scale=None)
 
     def step():
-        o, h, gl = chunk_gla_fwd(q, k, v, g, scale, None, False, cfg)
-        chunk_gla_bwd(q, k, v, g, h, gl, do, None, scale, False, False, cfg)
+        o, h, gl = chunk_gla_fwd(q, k, v, g, scale, None, launch)
+        chunk_gla_bwd(q, k, v, g, h, gl, do, None, scale, launch)
 
     step()
     return triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
@@ -185,4 +196,4 @@ def shape_length(key: str) -> int:
     return int(key[1:].split("-")[0])
 
 
-__all__ = ["CHUNK_SIZES", "cache_path", "get_config", "tune", "DIG_TUNING_SHAPES"]
+__all__ = ["CHUNK_SIZES", "cache_path", "get_config", "launch_config", "tune", "DIG_TUNING_SHAPES"]
