@@ -1,0 +1,147 @@
+"""Fused LayerNorm (no affine) + adaLN modulation, forward and backward: DiG's and DiT's block input.
+
+h = LN(x) * (1 + scale) + shift per image, x [N, T, D], shift and scale [N, D]. In PyTorch under
+autocast this is 5 kernels forward (layer_norm, add, mul, add, the bf16 cast for the next GEMM)
+and keeps two fp32 [N, T, D] tensors for backward; here it is one kernel each way that writes h
+directly in the GEMM's dtype and keeps only x (already alive as the residual stream) and two fp32
+statistics per row. dshift and dscale are per-image sums over tokens: each program writes its
+partial sum (deterministic, unlike atomics) and one small .sum() adds them.
+"""
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels import check_triton_device, row_tile
+
+EPS = 1e-6
+
+
+def layer_norm_modulate_ref(x, shift, scale, eps=EPS, out_dtype=None):
+    """LN(x) * (1 + scale) + shift in fp32 at least (fp64 stays fp64); x [N, T, D], shift/scale [N, D]."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    h = F.layer_norm(x.to(dtype), x.shape[-1:], eps=eps)
+    h = h * (1 + scale.to(dtype).unsqueeze(1)) + shift.to(dtype).unsqueeze(1)
+    return h.to(out_dtype or x.dtype)
+
+
+@triton.jit
+def _tile(x_ptr, i_n, i_t, T, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows (tokens of image i_n), int64 offsets, masks, and the fp32 tile of x."""
+    rows = i_t * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_D)
+    m_r, m_c = rows < T, cols < D
+    offsets = (i_n.to(tl.int64) * T + rows)[:, None] * D + cols[None, :]
+    mask = m_r[:, None] & m_c[None, :]
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    return rows, cols, m_r, m_c, offsets, mask, x
+
+
+@triton.jit
+def ln_modulate_fwd_kernel(x_ptr, shift_ptr, scale_ptr, h_ptr, mean_ptr, rstd_ptr, T, D, eps,
+                           ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    i_t, i_n = tl.program_id(0), tl.program_id(1)
+    rows, cols, m_r, m_c, offsets, mask, x = _tile(x_ptr, i_n, i_t, T, D, ROWS, BLOCK_D)
+    mean = tl.sum(x, axis=1) / D
+    diff = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=1) / D + eps)
+    scale = tl.load(scale_ptr + i_n * D + cols, mask=m_c, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + i_n * D + cols, mask=m_c, other=0.0).to(tl.float32)
+    h = diff * rstd[:, None] * (1.0 + scale[None, :]) + shift[None, :]
+    tl.store(h_ptr + offsets, h.to(h_ptr.dtype.element_ty), mask=mask)
+    stat = i_n.to(tl.int64) * T + rows
+    tl.store(mean_ptr + stat, mean, mask=m_r)
+    tl.store(rstd_ptr + stat, rstd, mask=m_r)
+
+
+@triton.jit
+def ln_modulate_bwd_kernel(x_ptr, scale_ptr, mean_ptr, rstd_ptr, dh_ptr, dx_ptr, partial_ptr, T, D,
+                           ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dx, and this program's partial sums of dshift = sum dh and dscale = sum dh * xhat."""
+    i_t, i_n = tl.program_id(0), tl.program_id(1)
+    rows, cols, m_r, m_c, offsets, mask, x = _tile(x_ptr, i_n, i_t, T, D, ROWS, BLOCK_D)
+    stat = i_n.to(tl.int64) * T + rows
+    mean = tl.load(mean_ptr + stat, mask=m_r, other=0.0)
+    rstd = tl.load(rstd_ptr + stat, mask=m_r, other=0.0)
+    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+    dh = tl.load(dh_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + i_n * D + cols, mask=m_c, other=0.0).to(tl.float32)
+    dxhat = dh * (1.0 + scale[None, :])
+    mean_dxhat = tl.sum(dxhat, axis=1) / D
+    mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / D
+    dx = (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None]) * rstd[:, None]
+    tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    p_partial = partial_ptr + ((i_n.to(tl.int64) * tl.num_programs(0) + i_t) * 2) * D + cols
+    tl.store(p_partial, tl.sum(dh, axis=0), mask=m_c)
+    tl.store(p_partial + D, tl.sum(dh * xhat, axis=0), mask=m_c)
+
+
+def _launch(x):
+    N, T, D = x.shape
+    rows, block_d = row_tile(D)
+    return (triton.cdiv(T, rows), N), dict(ROWS=rows, BLOCK_D=block_d, num_warps=4)
+
+
+@torch.library.custom_op("dig::ln_modulate_fwd", mutates_args=())
+def ln_modulate_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float,
+                    out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(h [N, T, D] in out_dtype, mean, rstd fp32 [N, T]); x contiguous."""
+    N, T, D = x.shape
+    h = torch.empty(N, T, D, device=x.device, dtype=out_dtype)
+    mean, rstd = (torch.empty(N, T, device=x.device, dtype=torch.float32) for _ in range(2))
+    grid, meta = _launch(x)
+    ln_modulate_fwd_kernel[grid](x, shift, scale, h, mean, rstd, T, D, eps, **meta)
+    return h, mean, rstd
+
+
+@ln_modulate_fwd.register_fake
+def _(x, shift, scale, eps, out_dtype):
+    N, T, D = x.shape
+    return x.new_empty(N, T, D, dtype=out_dtype), x.new_empty(N, T), x.new_empty(N, T)
+
+
+@torch.library.custom_op("dig::ln_modulate_bwd", mutates_args=())
+def ln_modulate_bwd(x: Tensor, scale: Tensor, mean: Tensor, rstd: Tensor,
+                    dh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx like x, dshift, dscale [N, D] in scale's dtype)."""
+    N, T, D = x.shape
+    grid, meta = _launch(x)
+    dx = torch.empty_like(x)
+    partial = torch.empty(N, grid[0], 2, D, device=x.device, dtype=torch.float32)
+    ln_modulate_bwd_kernel[grid](x, scale, mean, rstd, dh, dx, partial, T, D, **meta)
+    return dx, partial[:, :, 0].sum(1).to(scale.dtype), partial[:, :, 1].sum(1).to(scale.dtype)
+
+
+@ln_modulate_bwd.register_fake
+def _(x, scale, mean, rstd, dh):
+    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
+
+
+def _setup_context(ctx, inputs, output):
+    x, shift, scale, eps, out_dtype = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, scale, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dh, _dmean, _drstd):
+    x, scale, mean, rstd = ctx.saved_tensors
+    dx, dshift, dscale = torch.ops.dig.ln_modulate_bwd(x, scale, mean, rstd, dh.contiguous())
+    return dx, dshift, dscale, None, None
+
+
+ln_modulate_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def layer_norm_modulate(x, shift, scale, eps=EPS, out_dtype=None):
+    """Fused LN(x) * (1 + scale) + shift; x [N, T, D], shift and scale [N, D] -> [N, T, D] in
+    out_dtype (default x's). Differentiable in x, shift and scale; Triton (CUDA or interpreter)."""
+    check_triton_device("layer_norm_modulate", x)
+    if shift.shape != (x.shape[0], x.shape[2]) or scale.shape != shift.shape:
+        raise ValueError(f"shift and scale must be [N, D] = {(x.shape[0], x.shape[2])}; got "
+                         f"{tuple(shift.shape)} and {tuple(scale.shape)}.")
+    h, _, _ = torch.ops.dig.ln_modulate_fwd(x.contiguous(), shift.contiguous(), scale.contiguous(), eps,
+                                            out_dtype or x.dtype)
+    return h

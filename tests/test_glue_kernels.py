@@ -1,0 +1,121 @@
+"""DiG's fused block glue (LN + modulate, gated residual, SwiGLU, depthwise 3x3 conv) against float64.
+
+Each Triton op is checked against its plain PyTorch *_ref twin run in float64 on the same (already
+rounded) inputs, output and every gradient, so the kernels' only errors are fp32 arithmetic and the
+final rounding to the output dtype. Tolerances: fp32 1e-5 (fp32 round-off over sums of <= 1152 terms
+is ~1e-6); bf16 outputs: the bf16 unit roundoff 2^-8, doubled under the Triton 3.6 interpreter,
+which converts fp32 to bf16 by truncation (see tests/test_norm_gate.py), plus 1e-5.
+"""
+
+import pytest
+import torch
+
+from helpers import assert_close_rel
+from kernels import interpreting
+from kernels.dwconv import depthwise_conv3x3, depthwise_conv3x3_ref, orient_taps
+from kernels.gated_residual import gated_residual, gated_residual_ref
+from kernels.gla import SCAN_ORDERS, scan_index
+from kernels.ln_modulate import layer_norm_modulate, layer_norm_modulate_ref
+from kernels.swiglu import swiglu, swiglu_ref
+
+DEVICE = "cpu" if interpreting() else "cuda"
+pytestmark = pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
+                                reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
+BF16_TOLERANCE = 2.0 ** -8 * (2 if interpreting() else 1) + 1e-5
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: BF16_TOLERANCE}
+
+
+def draw(*shape, dtype=torch.float32, seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=generator)).to(device=DEVICE, dtype=dtype)
+
+
+def grads_of(fn, inputs, cotangent):
+    """(output, gradient of every floating input) of fn(*inputs) along cotangent."""
+    leaves = [x.detach().clone().requires_grad_() if isinstance(x, torch.Tensor) else x for x in inputs]
+    out = fn(*leaves)
+    tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+    return (out.detach(), *torch.autograd.grad(out, tensors, cotangent.to(out.dtype)))
+
+
+def assert_twins_agree(name, fast, ref, inputs, cotangent, out_dtype):
+    cotangent = cotangent.to(out_dtype)  # what the fast op's backward receives; the reference gets the same
+    got = grads_of(fast, inputs, cotangent)
+    inputs64 = [x.double() if isinstance(x, torch.Tensor) else x for x in inputs]
+    want = grads_of(ref, inputs64, cotangent.double())
+    tolerances = [TOLERANCE[out_dtype]] + [TOLERANCE[x.dtype] for x in inputs if isinstance(x, torch.Tensor)]
+    for index, (g, w, tol) in enumerate(zip(got, want, tolerances)):
+        assert_close_rel(f"{name} result {index}", g, w, tol)
+
+
+@pytest.mark.parametrize("x_dtype,out_dtype", [(torch.float32, torch.float32),
+                                               (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("shape", [(2, 5, 48), (1, 33, 100)])
+def test_layer_norm_modulate(shape, x_dtype, out_dtype):
+    N, T, D = shape
+    x = draw(N, T, D, dtype=x_dtype, scale=3.0) + draw(N, 1, D, seed=1, dtype=x_dtype)  # rows off zero mean
+    shift, scale = draw(N, D, seed=2), draw(N, D, seed=3, scale=0.5)
+    assert_twins_agree("ln_modulate", lambda x, s, c: layer_norm_modulate(x, s, c, out_dtype=out_dtype),
+                       lambda x, s, c: layer_norm_modulate_ref(x, s, c, out_dtype=x.dtype),
+                       [x, shift, scale], draw(N, T, D, seed=4), out_dtype)
+
+
+@pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16])
+def test_gated_residual(y_dtype):
+    N, T, D = 3, 17, 72
+    x, gate, y = draw(N, T, D), draw(N, D, seed=1, dtype=y_dtype), draw(N, T, D, seed=2, dtype=y_dtype)
+    assert_twins_agree("gated_residual", gated_residual, gated_residual_ref, [x, gate, y],
+                       draw(N, T, D, seed=3), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu(dtype):
+    u = draw(2, 9, 2 * 1100, dtype=dtype, scale=3.0)  # I = 1100: two column blocks, the second partial
+    assert_twins_agree("swiglu", swiglu, swiglu_ref, [u], draw(2, 9, 1100, seed=1), dtype)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 36, 24), (1, 81, 70)])  # 6x6 and 9x9 grids; D=70: a partial block
+def test_depthwise_conv3x3(shape, with_bias):
+    N, T, D = shape
+    x, taps = draw(N, T, D), draw(D, 3, 3, seed=1)
+    bias = draw(D, seed=2) if with_bias else None
+    inputs = [x, taps] + ([bias] if with_bias else [])
+    fast = (lambda x, w, b=None: depthwise_conv3x3(x, w, b))
+    ref = (lambda x, w, b=None: depthwise_conv3x3_ref(x, w, b))
+    assert_twins_agree("dwconv3x3", fast, ref, inputs, draw(N, T, D, seed=3), torch.float32)
+
+
+@pytest.mark.parametrize("scan_order", SCAN_ORDERS)
+def test_oriented_taps_equal_the_conv_of_the_reordered_grid(scan_order):
+    """Convolving the grid laid out in scan order (what DiG's blocks did) = the raster-grid conv with
+    oriented taps, token for token."""
+    N, side, D = 2, 5, 8
+    x = draw(N, side * side, D, dtype=torch.float64)
+    weight, bias = draw(D, 1, 3, 3, seed=1, dtype=torch.float64), draw(D, seed=2, dtype=torch.float64)
+    index = scan_index(side * side, scan_order)
+    in_scan_order = depthwise_conv3x3_ref(x.index_select(1, index), weight[:, 0], bias)
+    on_raster = depthwise_conv3x3_ref(x, orient_taps(weight, scan_order), bias)
+    assert torch.allclose(on_raster.index_select(1, index), in_scan_order, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_shapes_are_refused():
+    x = draw(1, 10, 8)
+    with pytest.raises(ValueError, match="perfect square"):
+        depthwise_conv3x3(x, draw(8, 3, 3))
+    with pytest.raises(ValueError, match="even"):
+        swiglu(draw(2, 5))
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        layer_norm_modulate(x, draw(1, 7), draw(1, 7))
+
+
+@pytest.mark.parametrize("op,args", [
+    ("ln_modulate_fwd", lambda: (draw(2, 5, 40), draw(2, 40, seed=1), draw(2, 40, seed=2), 1e-6,
+                                 torch.float32)),
+    ("gated_residual_fwd", lambda: (draw(2, 5, 40), draw(2, 40, seed=1), draw(2, 5, 40, seed=2))),
+    ("swiglu_fwd", lambda: (draw(3, 64),)),
+    ("dwconv3x3_fwd", lambda: (draw(1, 16, 8), draw(8, 3, 3, seed=1), draw(8, seed=2))),
+])
+def test_glue_ops_pass_opcheck(op, args):
+    inputs = [x.requires_grad_() if isinstance(x, torch.Tensor) else x for x in args()]
+    torch.library.opcheck(getattr(torch.ops.dig, op).default, inputs)
