@@ -16,8 +16,7 @@ import torch
 
 from helpers import assert_close_rel
 from kernels import interpreting
-from kernels.norm_gate import rms_norm_swish_gate_fused
-from models.gla_layer import rms_norm_swish_gate
+from kernels.norm_gate import rms_norm_swish_gate_fused, rms_norm_swish_gate_ref
 
 INTERPRETED = interpreting()
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -55,8 +54,8 @@ def assert_matches_reference(o, gate, weight, dy):
     """Fused output and gradients vs the float64 reference, within the module docstring's tolerances."""
     out = run_with_grads(rms_norm_swish_gate_fused, o, gate, weight, dy)
     # Upcast before differentiating: float64 leaves, so the reference gradients are not rounded to dtype.
-    # The model's PyTorch version computes in float64 when given float64 (it promotes to >= fp32).
-    ref = run_with_grads(rms_norm_swish_gate, *(x.double() for x in (o, gate, weight, dy)))
+    # The reference twin computes in float64 when given float64 (it promotes to >= fp32).
+    ref = run_with_grads(rms_norm_swish_gate_ref, *(x.double() for x in (o, gate, weight, dy)))
     tolerance = ROUNDING_ERROR.get(o.dtype, 0.0) + FP32_TOLERANCE
     for name, got, want, tol in zip(("y", "do", "dgate", "dweight"), out, ref,
                                     (tolerance, tolerance, tolerance, FP32_TOLERANCE)):
@@ -81,16 +80,40 @@ def test_fewer_rows_than_a_program_and_non_contiguous_inputs():
 
 @needs_triton_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-def test_agrees_with_models_rms_norm_swish_gate(dtype):
+def test_agrees_with_the_reference_twin_in_the_same_dtype(dtype):
     """Both compute in fp32 and round once to dtype: they differ only where their fp32 results straddle
     a rounding boundary (<= 2u relative, in a small fraction of entries), so within u in norm (2u for
     the interpreter's truncating bf16); fp32: 1e-6 (a few fp32 ulps of different operation order)."""
     o, gate, weight, dy = make_inputs((3, 7, 2, 96), dtype, seed=1)
     fused = run_with_grads(rms_norm_swish_gate_fused, o, gate, weight, dy)
-    existing = run_with_grads(rms_norm_swish_gate, o, gate, weight, dy)
+    existing = run_with_grads(rms_norm_swish_gate_ref, o, gate, weight, dy)
     tolerance = ROUNDING_ERROR.get(dtype, 1e-6)
     for name, got, want in zip(("y", "do", "dgate", "dweight"), fused, existing):
         assert_close_rel(name, got, want, 1e-6 if name == "dweight" else tolerance)
+
+
+@needs_triton_device
+def test_gate_read_and_written_through_its_token_stride():
+    """The op reads a gate that is a column slice of a wider [N, T, W] tensor (the GLA layer's fused
+    projection) and its gradient matches the contiguous gate's exactly."""
+    o, gate, weight, dy = make_inputs((2, 5, 3, 64), torch.float32, seed=2)
+    wide = torch.cat([torch.randn(2, 5, 7), gate.flatten(2), torch.randn(2, 5, 9)], dim=-1)
+    strided_gate = wide[..., 7:7 + 192].unflatten(-1, (3, 64))
+    assert not strided_gate.is_contiguous()
+    y_strided, rstd = torch.ops.dig.norm_gate_fwd(o, strided_gate, weight, 1e-6)
+    y, _ = torch.ops.dig.norm_gate_fwd(o, gate, weight, 1e-6)
+    assert torch.equal(y_strided, y)
+    grads_strided = torch.ops.dig.norm_gate_bwd(o, strided_gate, weight, rstd, dy)
+    grads = torch.ops.dig.norm_gate_bwd(o, gate, weight, rstd, dy)
+    for got, want in zip(grads_strided, grads):
+        assert torch.equal(got, want)
+
+
+@needs_triton_device
+def test_norm_gate_op_passes_opcheck():
+    o, gate, weight, _ = make_inputs((2, 3, 2, 16), torch.float32, seed=3)
+    torch.library.opcheck(torch.ops.dig.norm_gate_fwd.default,
+                          (o.requires_grad_(), gate.requires_grad_(), weight.requires_grad_(), 1e-6))
 
 
 @pytest.mark.parametrize("change, argument", [
@@ -109,7 +132,7 @@ def test_bad_arguments_raise_value_error_naming_them(change, argument):
 
 def test_cpu_tensors_without_interpreter_raise(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(ValueError, match="^o must be on a CUDA device"):
+    with pytest.raises(ValueError, match="runs Triton kernels: its input must be on a CUDA device"):
         rms_norm_swish_gate_fused(torch.randn(4, 8), torch.randn(4, 8), torch.ones(8))
 
 
