@@ -1,26 +1,36 @@
 """DiG: diffusion with gated linear attention (arXiv 2405.18428), and U-DiG with long skips.
 
 Block l: adaLN-Zero GLA and SwiGLU FFN residual branches, then the spatial reorient & enhancement
-module (SREM): a depthwise 3x3 conv on the current token sequence laid out as an e x e grid, a flip
-of the sequence, and after odd blocks a transpose of the grid. Blocks 0, 1, 2, 3 (mod 4) thus scan
-raster, reversed raster, column-major and reversed column-major order; depths are multiples of 4,
-so the last block hands raster order back. Every scan order is the image grid under a flip and/or a
-transpose, so the 3x3 conv always mixes true spatial neighbours (its kernel is just oriented
-differently), exactly as in the reference code.
+module (SREM): a depthwise 3x3 conv of the token grid, and a new scan order for the next block.
+Blocks 0, 1, 2, 3 (mod 4) scan raster, reversed raster, column-major and reversed column-major order.
+
+The paper's code (and models/dig_reference.py) re-orders the whole token tensor after every block
+(a flip, and a grid transpose after odd blocks) and transposes it to [N, D, e, e] around the conv:
+on the H200 that strided copy kernel was the largest single entry of a DiG-XL/2 step at 2048 px
+(525 launches, 82 ms of 403 ms). Here the tokens stay in raster order through all blocks: the GLA
+kernels read the block's scan order by index arithmetic, and the conv runs on the raster grid with
+its taps oriented to that order (kernels/dwconv.py), which is the same function. U-DiG's skips are
+then in the consumer's order already. With the Triton backend the block glue (LN + modulate, gated
+residual, SwiGLU, the conv) runs as fused kernels; other backends use their PyTorch twins.
 """
 
 import math
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .common import PatchDiffusionModel, adaln_modulation, check_heads, modulate
+from kernels.dwconv import depthwise_conv3x3, depthwise_conv3x3_ref, orient_taps
+from kernels.gated_residual import gated_residual, gated_residual_ref
+from kernels.ln_modulate import layer_norm_modulate, layer_norm_modulate_ref
+from kernels.swiglu import swiglu, swiglu_ref
+
+from .common import PatchDiffusionModel, adaln_modulation, check_heads
 from .gla_layer import GatedLinearAttention
 
 SREM_MODES = ("full", "none", "bidirectional")
 SREM_POSITIONS = ("after_ffn", "before_attn", "between")
+LN_EPS = 1e-6
 
 
 def ffn_intermediate_size(hidden_size):
@@ -28,68 +38,89 @@ def ffn_intermediate_size(hidden_size):
     return 256 * math.ceil(int(hidden_size * 8 / 3) / 256)
 
 
-def rescan(x, grid_size, flip, transpose):
-    """Next block's scan order: reverse the token axis (dim 1), then transpose the e x e grid.
+def block_scan_orders(depth, srem):
+    """The scan order of each block: the 4-cycle with SREM, raster/reversed when bidirectional."""
+    cycle = {"full": ("raster", "reversed", "column", "reversed_column"),
+             "bidirectional": ("raster", "reversed"), "none": ("raster",)}[srem]
+    if depth % len(cycle):
+        raise ValueError(f"depth={depth} must be a multiple of {len(cycle)} with srem={srem!r}, so that "
+                         f"every scan order is used equally and the last block hands back raster order.")
+    return [cycle[layer % len(cycle)] for layer in range(depth)]
 
-    x [N, T, ...] with T = grid_size^2 -> same shape. Works on activations and on index tensors [1, T].
-    """
-    if flip:
-        x = x.flip(1)
-    if transpose:
-        x = x.unflatten(1, (grid_size, grid_size)).transpose(1, 2).flatten(1, 2)
-    return x
+
+class BlockGlue:
+    """The elementwise and normalisation pieces of a block: fused Triton ops, or their PyTorch twins."""
+
+    def __init__(self, fused: bool):
+        self.fused = fused
+
+    def norm_modulate(self, x, shift, scale):
+        """LN(x) * (1 + scale) + shift, in the dtype the next GEMM computes in (autocast's, if on)."""
+        device = x.device.type
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        out_dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
+        fn = layer_norm_modulate if self.fused else layer_norm_modulate_ref
+        return fn(x, shift, scale, LN_EPS, out_dtype)
+
+    def residual(self, x, gate, y):
+        return (gated_residual if self.fused else gated_residual_ref)(x, gate, y)
+
+    def swiglu(self, u):
+        return (swiglu if self.fused else swiglu_ref)(u)
+
+    def conv(self, x, taps, bias):
+        return (depthwise_conv3x3 if self.fused else depthwise_conv3x3_ref)(x, taps, bias)
 
 
 class SwiGLU(nn.Module):
     """FFN: gate_proj D -> 2I (no bias), silu(a) * b, down_proj I -> D (no bias)."""
 
-    def __init__(self, hidden_size, intermediate_size):
+    def __init__(self, hidden_size, intermediate_size, glue):
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.glue = glue
 
     def forward(self, x):
-        gate, value = self.gate_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * value)
+        return self.down_proj(self.glue.swiglu(self.gate_proj(x)))
 
 
 class DiGBlock(nn.Module):
-    """adaLN-Zero block: x + GLA, x + SwiGLU FFN, SREM depthwise conv; optional U-ViT skip input."""
+    """adaLN-Zero block: x + GLA, x + SwiGLU FFN, SREM depthwise conv; optional U-ViT skip input.
+    Tokens [N, T, D] in raster order in and out; `scan_order` is this block's GLA scan order."""
 
-    def __init__(self, hidden_size, num_heads, grid_size, gla_backend, srem_conv, srem_position, long_skip):
+    def __init__(self, hidden_size, num_heads, gla_backend, scan_order, srem_conv, srem_position, long_skip):
         super().__init__()
-        self.grid_size = grid_size
+        self.scan_order = scan_order
         self.srem_position = srem_position
-        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = GatedLinearAttention(hidden_size, num_heads, gla_backend)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = SwiGLU(hidden_size, ffn_intermediate_size(hidden_size))
+        self.glue = BlockGlue(fused=self.attn.backend == "triton")
+        self.mlp = SwiGLU(hidden_size, ffn_intermediate_size(hidden_size), self.glue)
         self.adaLN_modulation = adaln_modulation(hidden_size, 6)
-        self.dw_conv = None  # SREM depthwise 3x3 conv
+        self.dw_conv = None  # SREM depthwise 3x3 conv; its taps act on this block's scan-order grid
         if srem_conv:
             self.dw_conv = nn.Conv2d(hidden_size, hidden_size, kernel_size=3, padding=1, groups=hidden_size)
         self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if long_skip else None
 
     def spatial_conv(self, x):
-        """SREM conv on the token sequence laid out as the e x e grid; [N, T, D] -> [N, T, D]."""
+        """The SREM conv of this block's scan-order grid, on raster tokens; [N, T, D] -> [N, T, D]."""
         if self.dw_conv is None:
             return x
-        grid = x.transpose(1, 2).unflatten(2, (self.grid_size, self.grid_size))  # (N, D, e, e)
-        return self.dw_conv(grid).flatten(2).transpose(1, 2)
+        return self.glue.conv(x, orient_taps(self.dw_conv.weight, self.scan_order), self.dw_conv.bias)
 
     def forward(self, x, c, skip=None):
-        """x [N, T, D] in this block's scan order, c [N, D], skip [N, T, D] in the same order -> [N, T, D]."""
+        """x [N, T, D], c [N, D], skip [N, T, D] (raster order) -> [N, T, D]."""
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
         modulation = self.adaLN_modulation(c).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
-        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        h = self.glue.norm_modulate(x, shift_msa, scale_msa)
         if self.srem_position == "before_attn":
             h = self.spatial_conv(h)
-        x = x + gate_msa.unsqueeze(1) * self.attn(h)
+        x = self.glue.residual(x, gate_msa, self.attn(h, self.scan_order))
         if self.srem_position == "between":
             x = self.spatial_conv(x)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = self.glue.residual(x, gate_mlp, self.mlp(self.glue.norm_modulate(x, shift_mlp, scale_mlp)))
         if self.srem_position == "after_ffn":
             x = self.spatial_conv(x)
         return x
@@ -98,16 +129,16 @@ class DiGBlock(nn.Module):
 class DiG(PatchDiffusionModel):
     """Diffusion model with a GLA backbone; long_skip=True gives U-DiG.
 
-    Table 3 ablation switches: srem "full" (conv + flip + transpose after odd blocks), "bidirectional"
-    (flip only, no conv), "none" (every block scans raster order causally, no conv); srem_position
+    Table 3 ablation switches: srem "full" (conv + the four scan orders), "bidirectional" (raster and
+    reversed scans, no conv), "none" (every block scans raster order causally, no conv); srem_position
     "after_ffn" (the paper), "before_attn" (conv on the GLA branch input, the reference's
     if_in_block_conv), "between" (conv on x between the GLA and FFN branches); dwconv_identity_init
     False leaves PyTorch's default conv init.
 
     U-DiG (long_skip=True): U-ViT long skips with the DiG depths (the paper gives no other depth).
-    The first depth//2 blocks push their output; the last depth//2 blocks pop, first re-ordering the
-    skip to their own scan order (the reference code concatenates tokens of different orders), then
-    take Linear(2D, D) of cat(x, skip). With odd depth the middle block has no skip.
+    The first depth//2 blocks push their output; the last depth//2 blocks pop and take
+    Linear(2D, D) of cat(x, skip). Tokens are in raster order everywhere, so every skip joins the
+    same tokens (the reference code concatenated tokens of different scan orders).
     """
 
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=18,
@@ -122,24 +153,18 @@ class DiG(PatchDiffusionModel):
             raise ValueError(f"srem_position and dwconv_identity_init configure the SREM conv, which only "
                              f"srem='full' has; got srem={srem!r}.")
         check_heads(hidden_size, num_heads, head_split=2)
+        scan_orders = block_scan_orders(depth, srem)
         super().__init__(input_size, patch_size, in_channels, hidden_size, num_classes, class_dropout_prob,
                          learn_sigma)
-        self.flip_tokens = srem in ("full", "bidirectional")
-        self.transpose_after_odd = srem == "full"
         self.dwconv_identity_init = dwconv_identity_init
         self.num_skips = depth // 2 if long_skip else 0
         self.blocks = nn.ModuleList([
-            DiGBlock(hidden_size, num_heads, self.grid_size, gla_backend, srem_conv=srem == "full",
+            DiGBlock(hidden_size, num_heads, gla_backend, scan_orders[layer], srem_conv=srem == "full",
                      srem_position=srem_position, long_skip=layer >= depth - self.num_skips)
             for layer in range(depth)
         ])
-        scan_orders = self.scan_orders(depth)
-        if not torch.equal(scan_orders[-1], scan_orders[0]):
-            raise ValueError(f"depth={depth} leaves the tokens out of raster order with srem={srem!r}; "
-                             f"use a multiple of 4 (of 2 for 'bidirectional').")
-        skip_reorder_index = self.skip_reorder_indices(scan_orders, depth).to(self.pos_embed.device)
-        self.register_buffer("skip_reorder_index", skip_reorder_index, persistent=False)
-        self.backend_description = f"gla={self.blocks[0].attn.backend}"
+        glue = "fused Triton glue" if self.blocks[0].glue.fused else "PyTorch glue"
+        self.backend_description = f"gla={self.blocks[0].attn.backend} ({glue}, raster tokens)"
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -152,37 +177,11 @@ class DiG(PatchDiffusionModel):
                 nn.init.ones_(block.dw_conv.weight[:, :, 1, 1])  # centre tap: conv(x) = x
                 nn.init.zeros_(block.dw_conv.bias)
 
-    def rescan(self, x, layer):
-        """Reorder the tokens after block `layer` into the next block's scan order."""
-        return rescan(x, self.grid_size, self.flip_tokens, self.transpose_after_odd and layer % 2 == 1)
-
-    def scan_orders(self, depth):
-        """orders[l][j]: raster index of the token at sequence position j entering block l (orders[depth]:
-        leaving the last block)."""
-        orders = [torch.arange(self.grid_size ** 2, device="cpu")]
-        for layer in range(depth):
-            orders.append(self.rescan(orders[-1][None], layer)[0])
-        return orders
-
-    def skip_reorder_indices(self, orders, depth):
-        """[num_skips, T] gather indices mapping each skip from its saved scan order to its consumer's."""
-        indices = []
-        for layer in range(depth - self.num_skips, depth):
-            saved = orders[depth - layer]  # output order of the paired block depth - 1 - layer
-            indices.append(torch.argsort(saved)[orders[layer]])  # position of token orders[layer][j] in saved
-        if not indices:
-            return torch.zeros(0, self.grid_size ** 2, dtype=torch.long, device="cpu")
-        return torch.stack(indices)
-
     def forward_blocks(self, x, c):
-        """Tokens [N, T, D] in raster order -> [N, T, D] in raster order, through every block and rescan."""
+        """Tokens [N, T, D] in raster order -> [N, T, D] in raster order, through every block."""
         skips = []
-        first_skip_block = len(self.blocks) - self.num_skips
         for layer, block in enumerate(self.blocks):
-            skip = None
-            if block.skip_linear is not None:
-                skip = skips.pop().index_select(1, self.skip_reorder_index[layer - first_skip_block])
-            x = self.rescan(block(x, c, skip), layer)
+            x = block(x, c, skips.pop() if block.skip_linear is not None else None)
             if layer < self.num_skips:
                 skips.append(x)
         return x

@@ -161,6 +161,7 @@ def test_fla_backend_without_fla_says_so(monkeypatch):
 
 def test_backend_description_names_what_runs():
     with torch.device("meta"):
-        assert create_model("DiG-S/2", 32, gla_backend="torch").backend_description == "gla=torch"
+        assert create_model("DiG-S/2", 32, gla_backend="torch").backend_description == (
+            "gla=torch (PyTorch glue, raster tokens)")
         assert create_model("DiT-S/2", 32).backend_description.startswith("attn=naive")
         assert create_model("DiT-S/2", 32, attn_backend="sdpa").backend_description.startswith("attn=sdpa")
