@@ -47,7 +47,7 @@ def resolve_dis_backend(scan_backend, fused):
     requires it (BackendUnavailableError saying how to build it); False runs the plain modules with
     scan_backend's scan. On the fused path scan_fn is None: the fused function runs its own scan.
     """
-    if not any(fused is choice for choice in FUSED_CHOICES):
+    if not (isinstance(fused, bool) or fused == "auto"):  # not 0 or 1 either
         raise ValueError(f"fused must be one of {FUSED_CHOICES}, got {fused!r}.")
     if fused is True and scan_backend == "reference":
         raise ValueError("fused=True runs mamba-ssm's CUDA scan; it cannot use scan_backend='reference'.")
