@@ -2,9 +2,15 @@
 
 attn_backend: "naive" materialises the [T, T] attention matrix (the paper's "DiT", memory ~ T^2);
 "flash" is FlashAttention-2 (flash_attn_func if the flash-attn package imports, else PyTorch SDPA
-restricted to its FLASH_ATTENTION backend, which is the FlashAttention-2 code); "cudnn" is SDPA
-restricted to CUDNN_ATTENTION; "sdpa" lets PyTorch choose. Restricted backends never fall back:
-if the kernel cannot run, PyTorch raises.
+restricted to its FLASH_ATTENTION backend, which is the FlashAttention-2 code; backend_description says
+which); "cudnn" is SDPA restricted to CUDNN_ATTENTION; "sdpa" lets PyTorch choose. Restricted backends
+never fall back: if the kernel cannot run, it raises. A flash-attn built by scripts/build_flash_attn.sh
+has the kernels for head dims 33-96 only (DiT-S/B/L's 64, DiT-XL's 72): another head dim raises a
+RuntimeError naming that script at the first forward.
+
+flash-attn 2.8 registers its kernels as torch.library custom ops (flash_attn::_flash_attn_forward and
+_flash_attn_backward, with fake implementations) inside an autograd.Function, so torch.compile traces
+flash_attn_func into one graph (checked with fullgraph=True on CPU stand-ins of the compiled module).
 """
 
 from functools import partial
@@ -53,14 +59,16 @@ def resolve_attention_backend(name):
         return ("attn=cudnn via torch SDPA CUDNN_ATTENTION",
                 partial(sdpa_attention, backend=SDPBackend.CUDNN_ATTENTION))
     try:
+        import flash_attn
         from flash_attn import flash_attn_func
-    except ImportError:
+    except (ImportError, OSError):  # not installed, or a broken build (undefined symbol: OSError)
         return ("attn=flash via torch SDPA FLASH_ATTENTION (FlashAttention-2)",
                 partial(sdpa_attention, backend=SDPBackend.FLASH_ATTENTION))
 
     def flash_attn_package(q, k, v):  # flash_attn_func wants [N, T, H, d]
         return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-    return "attn=flash via flash_attn.flash_attn_func (FlashAttention-2)", flash_attn_package
+    return (f"attn=flash via flash_attn {flash_attn.__version__} flash_attn_func (FlashAttention-2)",
+            flash_attn_package)
 
 
 class Attention(nn.Module):

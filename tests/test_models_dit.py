@@ -1,6 +1,8 @@
 """DiT attention backends on CPU: naive (T x T materialised) and PyTorch SDPA agree."""
 
 import copy
+import sys
+import types
 
 import pytest
 import torch
@@ -38,3 +40,18 @@ def test_dit_backends_agree_with_float64_naive(backend):
     relative_error = ((out.double() - expected).norm() / expected.norm()).item()
     # fp32 against fp64: ~1e-7 from rounding; 1e-5 catches any real difference between the kernels.
     assert relative_error < 1e-5 and not torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("package, expected", [
+    ("stand-in", "attn=flash via flash_attn 2.8.3 flash_attn_func (FlashAttention-2)"),
+    (None, "attn=flash via torch SDPA FLASH_ATTENTION (FlashAttention-2)"),  # `import flash_attn` fails
+])
+def test_flash_backend_names_which_implementation_runs(monkeypatch, package, expected):
+    """The label says whether the flash-attn package or SDPA's FLASH_ATTENTION backend runs (CUDA faked)."""
+    if package is not None:
+        package = types.ModuleType("flash_attn")
+        package.__version__ = "2.8.3"
+        package.flash_attn_func = lambda q, k, v: q
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert tiny_dit("flash").backend_description == expected
