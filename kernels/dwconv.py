@@ -33,7 +33,7 @@ def orient_taps(weight, scan_order):
     return taps
 
 
-def depthwise_conv3x3_ref(x, taps, bias):
+def depthwise_conv3x3_ref(x, taps, bias, out_dtype=None):
     """The plain twin: conv2d on the [N, D, e, e] view; x [N, T, D], taps [D, 3, 3], bias [D] or None."""
     N, T, D = x.shape
     side = grid_side(T, transpose=True)
@@ -41,7 +41,7 @@ def depthwise_conv3x3_ref(x, taps, bias):
     grid = x.to(dtype).view(N, side, side, D).permute(0, 3, 1, 2)
     bias = None if bias is None else bias.to(dtype)
     out = F.conv2d(grid, taps.to(dtype).unsqueeze(1), bias, padding=1, groups=D)
-    return out.permute(0, 2, 3, 1).reshape(N, T, D).to(x.dtype)
+    return out.permute(0, 2, 3, 1).reshape(N, T, D).to(out_dtype or x.dtype)
 
 
 @triton.jit
@@ -95,30 +95,30 @@ def _grid(x):
     return (triton.cdiv(T, BLOCK_P.value), triton.cdiv(D, BLOCK_D.value), N), grid_side(T, transpose=True)
 
 
-def _conv(x, taps, bias):
+def _conv(x, taps, bias, out_dtype):
     grid, side = _grid(x)
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     dwconv3x3_kernel[grid](x, taps, taps if bias is None else bias, out, side, x.shape[2],
                            HAS_BIAS=bias is not None, num_warps=4)
     return out
 
 
 @torch.library.custom_op("dig::dwconv3x3_fwd", mutates_args=())
-def dwconv3x3_fwd(x: Tensor, taps: Tensor, bias: Tensor | None) -> Tensor:
+def dwconv3x3_fwd(x: Tensor, taps: Tensor, bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
     """Depthwise 3x3 conv, zero padding, of raster tokens x [N, T, D] (contiguous), taps [D, 3, 3]."""
-    return _conv(x, taps, bias)
+    return _conv(x, taps, bias, out_dtype)
 
 
 @dwconv3x3_fwd.register_fake
-def _(x, taps, bias):
-    return torch.empty_like(x)
+def _(x, taps, bias, out_dtype):
+    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
 
 
 @torch.library.custom_op("dig::dwconv3x3_bwd", mutates_args=())
 def dwconv3x3_bwd(x: Tensor, taps: Tensor, dy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(dx like x, dtaps like taps, dbias [D] in taps' dtype). dx is the conv of dy with the taps
     rotated by 180 degrees (the adjoint of a correlation)."""
-    dx = _conv(dy, taps.flip(1, 2).contiguous(), None).to(x.dtype)
+    dx = _conv(dy, taps.flip(1, 2).contiguous(), None, x.dtype)
     grid, side = _grid(x)
     partial = torch.empty(x.shape[0], grid[0], WEIGHT_SLOTS.value, x.shape[2], device=x.device,
                           dtype=torch.float32)
@@ -133,7 +133,7 @@ def _(x, taps, dy):
 
 
 def _setup_context(ctx, inputs, output):
-    x, taps, bias = inputs
+    x, taps, bias, _ = inputs
     ctx.save_for_backward(x, taps)
     ctx.has_bias = bias is not None
 
@@ -141,19 +141,20 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy):
     x, taps = ctx.saved_tensors
     dx, dtaps, dbias = torch.ops.dig.dwconv3x3_bwd(x, taps, dy.contiguous())
-    return dx, dtaps, dbias if ctx.has_bias else None
+    return dx, dtaps, dbias if ctx.has_bias else None, None
 
 
 dwconv3x3_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def depthwise_conv3x3(x, taps, bias=None):
+def depthwise_conv3x3(x, taps, bias=None, out_dtype=None):
     """Depthwise 3x3 conv (zero padding) of raster tokens: x [N, T, D] with T = e^2, taps [D, 3, 3],
-    bias [D] or None -> [N, T, D] in x's dtype, computed in fp32. Differentiable in all three; Triton."""
+    bias [D] or None -> [N, T, D] in out_dtype (default x's), computed in fp32. Differentiable in all
+    three; Triton."""
     check_triton_device("depthwise_conv3x3", x)
     N, T, D = x.shape
     grid_side(T, transpose=True)
     if taps.shape != (D, 3, 3) or (bias is not None and bias.shape != (D,)):
         raise ValueError(f"taps must be [D, 3, 3] and bias [D] with D={D}; got {tuple(taps.shape)} and "
                          f"{None if bias is None else tuple(bias.shape)}.")
-    return torch.ops.dig.dwconv3x3_fwd(x.contiguous(), taps.contiguous(), bias)
+    return torch.ops.dig.dwconv3x3_fwd(x.contiguous(), taps.contiguous(), bias, out_dtype or x.dtype)

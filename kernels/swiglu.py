@@ -1,9 +1,11 @@
-"""Fused SwiGLU activation silu(a) * b of DiG's FFN, forward and backward.
+"""Fused SwiGLU activation silu(a) * b of DiG's FFN, forward and backward, and the FFN's second half.
 
 u [..., 2I] is the output of the FFN's one up-projection GEMM, a = u[..., :I] (gate), b = u[..., I:].
-PyTorch runs silu and the product as two kernels forward and keeps silu(a) besides u for backward
-(DiG-XL/2: 3072 extra bf16 values per token and layer, 5.6 GB at 2048 px batch 2); here the backward
-recomputes silu(a) from u, and writes du for both halves in one kernel.
+PyTorch runs silu and the product as two kernels forward and keeps silu(a) besides u for backward;
+here the backward recomputes silu(a) from u, and writes du for both halves in one kernel.
+``swiglu_down`` also folds in the down projection: the activation [..., I] that its GEMM would keep
+for the weight gradient is recomputed from u in backward instead (DiG-XL/2: 3072 bf16 values per
+token and layer, 5.6 GB at 2048 px batch 2, for one extra memory-bound activation kernel).
 """
 
 import torch
@@ -94,6 +96,59 @@ def _backward(ctx, dout):
 
 
 swiglu_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def swiglu_down_ref(u, weight):
+    """The plain twin of swiglu_down: down-projection of silu(a) * b; u [..., 2I], weight [D, I]."""
+    return F.linear(swiglu_ref(u), weight.to(u.dtype))
+
+
+@torch.library.custom_op("dig::swiglu_down_fwd", mutates_args=())
+def swiglu_down_fwd(u: Tensor, weight: Tensor) -> Tensor:
+    """(silu(a) * b) @ weight^T in u's dtype: u [..., 2I] contiguous, weight [D, I] -> [..., D]."""
+    return swiglu_fwd(u) @ weight.to(u.dtype).t()
+
+
+@swiglu_down_fwd.register_fake
+def _(u, weight):
+    return u.new_empty(*u.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op("dig::swiglu_down_bwd", mutates_args=())
+def swiglu_down_bwd(u: Tensor, weight: Tensor, dout: Tensor) -> tuple[Tensor, Tensor]:
+    """(du like u, dweight like weight); the activation is recomputed from u."""
+    w = weight.to(u.dtype)
+    act = swiglu_fwd(u).flatten(0, -2)  # [M, I]
+    dout = dout.flatten(0, -2)  # [M, D]
+    du = swiglu_bwd(u, (dout @ w).view(*u.shape[:-1], -1))
+    return du, (dout.t() @ act).to(weight.dtype)
+
+
+@swiglu_down_bwd.register_fake
+def _(u, weight, dout):
+    return torch.empty_like(u), torch.empty_like(weight)
+
+
+def _down_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _down_backward(ctx, dout):
+    return torch.ops.dig.swiglu_down_bwd(*ctx.saved_tensors, dout.contiguous())
+
+
+swiglu_down_fwd.register_autograd(_down_backward, setup_context=_down_setup_context)
+
+
+def swiglu_down(u, weight):
+    """Fused FFN second half: (silu(a) * b) @ weight^T with a, b = u.chunk(2, -1); u [..., 2I] in the
+    GEMM dtype (autocast's), weight [D, I] (fp32 master weights are cast) -> [..., D] in u's dtype.
+    Differentiable in both; keeps only u for backward. Triton (CUDA or interpreter) + cuBLAS."""
+    check_triton_device("swiglu_down", u)
+    if u.shape[-1] != 2 * weight.shape[1]:
+        raise ValueError(f"u's last dimension must be 2 * weight.shape[1] = {2 * weight.shape[1]}; got "
+                         f"{u.shape[-1]}.")
+    return torch.ops.dig.swiglu_down_fwd(u.contiguous(), weight)
 
 
 def swiglu(u):

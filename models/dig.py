@@ -23,7 +23,7 @@ from torch import nn
 from kernels.dwconv import depthwise_conv3x3, depthwise_conv3x3_ref, orient_taps
 from kernels.gated_residual import gated_residual, gated_residual_ref
 from kernels.ln_modulate import layer_norm_modulate, layer_norm_modulate_ref
-from kernels.swiglu import swiglu, swiglu_ref
+from kernels.swiglu import swiglu_down, swiglu_down_ref
 
 from .common import PatchDiffusionModel, adaln_modulation, check_heads
 from .gla_layer import GatedLinearAttention
@@ -48,6 +48,13 @@ def block_scan_orders(depth, srem):
     return [cycle[layer % len(cycle)] for layer in range(depth)]
 
 
+def compute_dtype(x):
+    """The dtype the GEMMs compute in: autocast's where it is on, else x's."""
+    device = x.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return torch.get_autocast_dtype(device) if autocast else x.dtype
+
+
 class BlockGlue:
     """The elementwise and normalisation pieces of a block: fused Triton ops, or their PyTorch twins."""
 
@@ -55,25 +62,27 @@ class BlockGlue:
         self.fused = fused
 
     def norm_modulate(self, x, shift, scale):
-        """LN(x) * (1 + scale) + shift, in the dtype the next GEMM computes in (autocast's, if on)."""
-        device = x.device.type
-        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-        out_dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
+        """LN(x) * (1 + scale) + shift, written in the dtype of the GEMM that reads it."""
         fn = layer_norm_modulate if self.fused else layer_norm_modulate_ref
-        return fn(x, shift, scale, LN_EPS, out_dtype)
+        return fn(x, shift, scale, LN_EPS, compute_dtype(x))
 
     def residual(self, x, gate, y):
+        """x + gate * y in x's dtype (the residual stream's)."""
         return (gated_residual if self.fused else gated_residual_ref)(x, gate, y)
 
-    def swiglu(self, u):
-        return (swiglu if self.fused else swiglu_ref)(u)
+    def swiglu_down(self, u, weight):
+        return (swiglu_down if self.fused else swiglu_down_ref)(u, weight)
 
     def conv(self, x, taps, bias):
-        return (depthwise_conv3x3 if self.fused else depthwise_conv3x3_ref)(x, taps, bias)
+        """The SREM conv, written in the GEMM dtype: under autocast conv2d (the reference formulation's)
+        returns bf16, so from the first conv on the residual stream is bf16 there too; keeping that
+        halves the three residual tensors each block saves for backward (6 bytes per token and channel)."""
+        return (depthwise_conv3x3 if self.fused else depthwise_conv3x3_ref)(x, taps, bias, compute_dtype(x))
 
 
 class SwiGLU(nn.Module):
-    """FFN: gate_proj D -> 2I (no bias), silu(a) * b, down_proj I -> D (no bias)."""
+    """FFN: gate_proj D -> 2I (no bias), silu(a) * b, down_proj I -> D (no bias; its weight is applied by
+    the glue, which recomputes silu(a) * b in backward instead of keeping it)."""
 
     def __init__(self, hidden_size, intermediate_size, glue):
         super().__init__()
@@ -82,7 +91,7 @@ class SwiGLU(nn.Module):
         self.glue = glue
 
     def forward(self, x):
-        return self.down_proj(self.glue.swiglu(self.gate_proj(x)))
+        return self.glue.swiglu_down(self.gate_proj(x), self.down_proj.weight)
 
 
 class DiGBlock(nn.Module):

@@ -16,7 +16,7 @@ from kernels.dwconv import depthwise_conv3x3, depthwise_conv3x3_ref, orient_taps
 from kernels.gated_residual import gated_residual, gated_residual_ref
 from kernels.gla import SCAN_ORDERS, scan_index
 from kernels.ln_modulate import layer_norm_modulate, layer_norm_modulate_ref
-from kernels.swiglu import swiglu, swiglu_ref
+from kernels.swiglu import swiglu, swiglu_down, swiglu_down_ref, swiglu_ref
 
 DEVICE = "cpu" if interpreting() else "cuda"
 pytestmark = pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
@@ -74,6 +74,26 @@ def test_swiglu(dtype):
     assert_twins_agree("swiglu", swiglu, swiglu_ref, [u], draw(2, 9, 1100, seed=1), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_down(dtype):
+    """The FFN's second half with the activation recomputed in backward; weight fp32 (master weights).
+    bf16: the GEMM rounds its inputs' product sums like the reference's bf16 GEMM would not (float64
+    here), so the output and du get 4x the unit roundoff (sums over I = 96 products of rounded terms)."""
+    u, weight = draw(2, 7, 2 * 96, dtype=dtype, scale=2.0), draw(40, 96, seed=1, scale=0.1)
+    tolerance = 1e-5 if dtype == torch.float32 else 4 * BF16_TOLERANCE
+    got = grads_of(swiglu_down, [u, weight], draw(2, 7, 40, seed=2).to(dtype))
+    want = grads_of(swiglu_down_ref, [u.double(), weight.double()], draw(2, 7, 40, seed=2).to(dtype).double())
+    for index, (g, w) in enumerate(zip(got, want)):
+        assert_close_rel(f"swiglu_down result {index}", g, w, tolerance)
+
+
+def test_conv_writes_the_requested_dtype():
+    x, taps = draw(1, 16, 8), draw(8, 3, 3, seed=1)
+    out = depthwise_conv3x3(x, taps, None, out_dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    assert_close_rel("bf16 conv", out, depthwise_conv3x3_ref(x.double(), taps.double(), None), BF16_TOLERANCE)
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("shape", [(2, 36, 24), (1, 81, 70)])  # 6x6 and 9x9 grids; D=70: a partial block
 def test_depthwise_conv3x3(shape, with_bias):
@@ -114,7 +134,8 @@ def test_bad_shapes_are_refused():
                                  torch.float32)),
     ("gated_residual_fwd", lambda: (draw(2, 5, 40), draw(2, 40, seed=1), draw(2, 5, 40, seed=2))),
     ("swiglu_fwd", lambda: (draw(3, 64),)),
-    ("dwconv3x3_fwd", lambda: (draw(1, 16, 8), draw(8, 3, 3, seed=1), draw(8, seed=2))),
+    ("dwconv3x3_fwd", lambda: (draw(1, 16, 8), draw(8, 3, 3, seed=1), draw(8, seed=2), torch.float32)),
+    ("swiglu_down_fwd", lambda: (draw(3, 5, 64), draw(24, 32, seed=1))),
 ])
 def test_glue_ops_pass_opcheck(op, args):
     inputs = [x.requires_grad_() if isinstance(x, torch.Tensor) else x for x in args()]
