@@ -30,12 +30,21 @@ def _nan_filled(make_empty):
     return make_nan_filled
 
 
+def nan_fill_empty_factories(set_attribute=setattr):
+    """Make torch.empty, empty_like, empty_strided and Tensor.new_empty NaN-fill what they return.
+
+    set_attribute: monkeypatch.setattr in a test (undone after it); the plain setattr in a worker
+    process that a test starts (tests/test_context_parallel.py), which ends with the test.
+    """
+    for owner, name in ((torch, "empty"), (torch, "empty_like"), (torch, "empty_strided"),
+                        (torch.Tensor, "new_empty")):
+        set_attribute(owner, name, _nan_filled(getattr(owner, name)))
+
+
 @pytest.fixture(autouse=True)
 def nan_filled_empty_tensors(monkeypatch):
-    """Patch torch.empty, empty_like, empty_strided and Tensor.new_empty for one test; undone after it."""
-    for name in ("empty", "empty_like", "empty_strided"):
-        monkeypatch.setattr(torch, name, _nan_filled(getattr(torch, name)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", _nan_filled(torch.Tensor.new_empty))
+    """NaN-filling torch.empty* for one test; undone after it."""
+    nan_fill_empty_factories(monkeypatch.setattr)
     yield
 
 

@@ -1,0 +1,227 @@
+"""Context-parallel GLA and SREM conv (kernels.gla.context_parallel) against the one-process result.
+
+Each distributed test spawns world_size processes (gloo on the CPU; NCCL for the `gpu` test); every
+rank builds the same full float64 inputs from one seed, runs the one-process reference on them and
+the context-parallel version on its own block of tokens, and compares its block of the output and
+of every input gradient (parameter gradients summed over the ranks) with the reference's.
+"""
+
+import datetime
+import functools
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from bench.scale import NVLINK_MULTICAST_OFF
+from conftest import nan_fill_empty_factories
+from gla_cases import FP32_TOLERANCE, make_gates
+from helpers import assert_close_rel, rel_err
+from kernels.gla import chunk_gla_torch
+from kernels.gla.context_parallel import (
+    LAYOUTS,
+    SCAN_ORDERS,
+    columns_to_rows,
+    cp_depthwise_conv3x3,
+    cp_gla,
+    depthwise_conv3x3_ref,
+    oriented_conv3x3_weight,
+    rows_to_columns,
+    scan_order_gla_ref,
+    scan_order_index,
+)
+
+GRID = 8  # an 8 x 8 grid: 64 tokens, 4 rows per rank at 2 ranks, 2 rows at 4
+B, H, K, V, D = 2, 2, 4, 3, 5  # D: conv channels
+# The context-parallel result differs from the one-process one only in the order of float64 sums
+# (each ~1e-16 relative); 1e-10 leaves room for the 64-token accumulations and fails any real bug.
+FP64_TOLERANCE = 1e-10
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=60)  # a hung collective fails the test, not CI
+
+
+def run_ranks(world_size, tmp_path, check, backend="gloo"):
+    """Run check(rank, world_size, device) in world_size fresh processes of one process group."""
+    mp.spawn(_rank_main, args=(world_size, str(tmp_path / "rendezvous"), check, backend), nprocs=world_size)
+
+
+def _rank_main(rank, world_size, rendezvous, check, backend):
+    nan_fill_empty_factories()
+    torch.set_num_threads(1)  # 4 ranks share 2 cores
+    device = "cpu"
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+    dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world_size,
+                            timeout=COLLECTIVE_TIMEOUT)
+    try:
+        check(rank, world_size, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def row_block(x, rank, world_size):
+    """Rank's block of the rows layout: [B, T, ...] raster -> [B, T / R, ...]."""
+    size = x.shape[1] // world_size
+    return x[:, rank * size:(rank + 1) * size]
+
+
+def column_block(x, rank, world_size, grid_size=GRID):
+    """Rank's block of the columns layout: the column-major sequence's rank-th segment."""
+    column_major = x.unflatten(1, (grid_size, grid_size)).transpose(1, 2).flatten(1, 2)
+    return row_block(column_major, rank, world_size)
+
+
+BLOCK_OF_LAYOUT = {"rows": row_block, "columns": column_block}
+
+
+def gla_inputs(grid_size, dtype, device, k_dim=K, v_dim=V, seed=0):
+    """Full raster GLA inputs q, k, v, g [B, T, H, *] (DiG's gate) and an output direction do."""
+    generator = torch.Generator().manual_seed(seed)
+    T = grid_size ** 2
+
+    def randn(*shape):
+        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+
+    g = make_gates((B, T, H, k_dim), "mixed", generator).to(device=device, dtype=dtype)
+    inputs = dict(q=randn(B, T, H, k_dim), k=randn(B, T, H, k_dim), v=randn(B, T, H, v_dim), g=g)
+    return inputs, randn(B, T, H, v_dim)
+
+
+def leaves(tensors):
+    return {name: x.detach().clone().requires_grad_() for name, x in tensors.items()}
+
+
+def run_gla(fn, inputs, do):
+    """o and the gradients of sum(o * do) for the inputs (leaves)."""
+    o = fn(**inputs)
+    (o * do).sum().backward()
+    return o, {name: x.grad for name, x in inputs.items()}
+
+
+# ---------------------------------------------------------------------- checks run on each rank
+
+def check_gla_scan_orders(rank, world_size, device, group=None):
+    full, do = gla_inputs(GRID, torch.float64, device)
+    local_gla = functools.partial(chunk_gla_torch, chunk_size=16)  # 1-2 chunks per rank
+    for order in SCAN_ORDERS:
+        ref, ref_grads = run_gla(functools.partial(scan_order_gla_ref, scan_order=order, grid_size=GRID),
+                                 leaves(full), do)
+        for layout in LAYOUTS:
+            block = functools.partial(BLOCK_OF_LAYOUT[layout], rank=rank, world_size=world_size)
+            local = leaves({name: block(x) for name, x in full.items()})
+            o, grads = run_gla(functools.partial(cp_gla, scan_order=order, grid_size=GRID, group=group,
+                                                 layout=layout, gla_fn=local_gla), local, block(do))
+            case = f"{order} scan, {layout} layout, rank {rank} of {world_size}"
+            assert_close_rel(f"{case}: o", o, block(ref), FP64_TOLERANCE)
+            for name, grad in grads.items():
+                assert_close_rel(f"{case}: d{name}", grad, block(ref_grads[name]), FP64_TOLERANCE)
+    if rank > 0:  # the test sees the state passed between ranks: without it rank r > 0 is far off
+        block = functools.partial(row_block, rank=rank, world_size=world_size)
+        alone, _ = chunk_gla_torch(*(block(full[name]) for name in "qkvg"))
+        ref = scan_order_gla_ref(**full, scan_order="raster", grid_size=GRID)
+        assert rel_err(alone, block(ref)) > 1e-2
+
+
+def check_layout_exchange(rank, world_size, device):
+    x = torch.randn(B, GRID ** 2, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rows, columns = row_block(x, rank, world_size), column_block(x, rank, world_size)
+    assert torch.equal(rows_to_columns(rows, GRID), columns)
+    assert torch.equal(columns_to_rows(columns, GRID), rows)
+    with pytest.raises(ValueError, match="does not split into"):
+        rows_to_columns(torch.ones(B, 9 // world_size, 1), 3)  # 3 rows over 2 or 4 ranks
+    with pytest.raises(ValueError, match="ranks must hold"):
+        columns_to_rows(torch.ones(B, 7, 1), GRID)  # 7 tokens are not whole rows of 8
+
+
+def check_conv(rank, world_size, device, group=None):
+    generator = torch.Generator().manual_seed(2)
+    x, dout = (torch.randn(B, GRID ** 2, D, dtype=torch.float64, generator=generator) for _ in range(2))
+    params = dict(weight=torch.randn(D, 1, 3, 3, dtype=torch.float64, generator=generator),
+                  bias=torch.randn(D, dtype=torch.float64, generator=generator))
+    ref_inputs = leaves(dict(x=x, **params))
+    ref = depthwise_conv3x3_ref(**ref_inputs, grid_size=GRID)
+    (ref * dout).sum().backward()
+    for layout in LAYOUTS:
+        block = functools.partial(BLOCK_OF_LAYOUT[layout], rank=rank, world_size=world_size)
+        local = leaves(dict(x=block(x), **params))
+        out = cp_depthwise_conv3x3(**local, grid_size=GRID, group=group, layout=layout)
+        (out * block(dout)).sum().backward()
+        case = f"conv, {layout} layout, rank {rank} of {world_size}"
+        assert_close_rel(f"{case}: out", out, block(ref), FP64_TOLERANCE)
+        assert_close_rel(f"{case}: dx", local["x"].grad, block(ref_inputs["x"].grad), FP64_TOLERANCE)
+        for name in params:  # replicated parameters: each rank holds its tokens' share of the gradient
+            dist.all_reduce(local[name].grad, group=group)
+            assert_close_rel(f"{case}: d{name}", local[name].grad, ref_inputs[name].grad, FP64_TOLERANCE)
+
+
+def check_all(rank, world_size, device):
+    """One spawn per world size for every check: starting 4 processes costs ~3 s on 2 cores."""
+    check_layout_exchange(rank, world_size, device)
+    check_conv(rank, world_size, device)
+    check_gla_scan_orders(rank, world_size, device)
+    if world_size == 4:  # two context-parallel groups of 2 side by side, as under data parallelism
+        groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates every group
+        pair = groups[rank // 2]
+        check_conv(dist.get_rank(pair), 2, device, group=pair)
+        check_gla_scan_orders(dist.get_rank(pair), 2, device, group=pair)
+
+
+def check_triton_against_one_gpu(rank, world_size, device):
+    """Triton chunk_gla in fp32 under context parallelism: as accurate as on one GPU (within 2x)."""
+    from kernels.gla import chunk_gla
+
+    grid_size = 16 * world_size  # 16 rows per rank, 256 to 1024 tokens per rank
+    full, do = gla_inputs(grid_size, torch.float32, device, k_dim=32, v_dim=64)  # DiG's head dims
+    full64, do64 = {name: x.double() for name, x in full.items()}, do.double()
+    for order in SCAN_ORDERS:
+        one_process = functools.partial(scan_order_gla_ref, scan_order=order, grid_size=grid_size)
+        exact, exact_grads = run_gla(one_process, leaves(full64), do64)
+        single, single_grads = run_gla(functools.partial(one_process, gla_fn=chunk_gla), leaves(full), do)
+        block = functools.partial(row_block, rank=rank, world_size=world_size)
+        context_parallel = functools.partial(cp_gla, scan_order=order, grid_size=grid_size, gla_fn=chunk_gla)
+        o, grads = run_gla(context_parallel, leaves({name: block(x) for name, x in full.items()}), block(do))
+        pairs = [("o", o, single, exact)]
+        pairs += [(f"d{name}", grads[name], single_grads[name], exact_grads[name]) for name in grads]
+        for name, ours, one_gpu, ref in pairs:
+            bound = 2 * rel_err(block(one_gpu), block(ref)) + FP32_TOLERANCE / 10
+            assert_close_rel(f"{order} {name} rank {rank}", ours, block(ref), bound)
+
+
+# -------------------------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_context_parallel_equals_one_process(world_size, tmp_path):
+    run_ranks(world_size, tmp_path, check_all)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("world_size", [2, 4, 8])
+def test_context_parallel_triton_on_gpus(world_size, tmp_path, monkeypatch):
+    if torch.cuda.device_count() < world_size:
+        pytest.skip(f"needs {world_size} GPUs, {torch.cuda.device_count()} visible")
+    for name, value in NVLINK_MULTICAST_OFF.items():
+        monkeypatch.setenv(name, value)
+    run_ranks(world_size, tmp_path, check_triton_against_one_gpu, backend="nccl")
+
+
+def test_scan_order_index():
+    assert scan_order_index("raster", 3).tolist() == list(range(9))
+    assert scan_order_index("reversed", 3).tolist() == list(range(8, -1, -1))
+    assert scan_order_index("column", 3).tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]
+    assert scan_order_index("reversed_column", 3).tolist() == [8, 5, 2, 7, 4, 1, 6, 3, 0]
+    with pytest.raises(ValueError, match="scan_order must be one of"):
+        scan_order_index("diagonal", 3)
+
+
+@pytest.mark.parametrize("order", SCAN_ORDERS)
+def test_oriented_conv_weight_equals_conv_in_scan_order(order):
+    """The conv DiG ran on its re-ordered sequence == the oriented conv on the raster grid."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(B, 36, D, dtype=torch.float64, generator=generator)
+    weight = torch.randn(D, 1, 3, 3, dtype=torch.float64, generator=generator)
+    bias = torch.randn(D, dtype=torch.float64, generator=generator)
+    position = scan_order_index(order, 6)
+    in_scan_order = depthwise_conv3x3_ref(x[:, position], weight, bias, 6)[:, torch.argsort(position)]
+    on_raster = depthwise_conv3x3_ref(x, oriented_conv3x3_weight(weight, order), bias, 6)
+    assert_close_rel(order, on_raster, in_scan_order, 1e-14)
