@@ -18,18 +18,14 @@ from bench.scale import NVLINK_MULTICAST_OFF
 from conftest import nan_fill_empty_factories
 from gla_cases import FP32_TOLERANCE, make_gates
 from helpers import assert_close_rel, rel_err
-from kernels.gla import chunk_gla_torch
+from kernels.dwconv import depthwise_conv3x3_ref
+from kernels.gla import SCAN_ORDERS, chunk_gla_torch
 from kernels.gla.context_parallel import (
     LAYOUTS,
-    SCAN_ORDERS,
     columns_to_rows,
     cp_depthwise_conv3x3,
     cp_gla,
-    depthwise_conv3x3_ref,
-    oriented_conv3x3_weight,
     rows_to_columns,
-    scan_order_gla_ref,
-    scan_order_index,
 )
 
 GRID = 8  # an 8 x 8 grid: 64 tokens, 4 rows per rank at 2 ranks, 2 rows at 4
@@ -92,6 +88,11 @@ def leaves(tensors):
     return {name: x.detach().clone().requires_grad_() for name, x in tensors.items()}
 
 
+def one_process_gla(q, k, v, g, scan_order, gla_fn=chunk_gla_torch):
+    """The one-process result: the whole raster sequence scanned in scan_order."""
+    return gla_fn(q, k, v, g, scan_order=scan_order)[0]
+
+
 def run_gla(fn, inputs, do):
     """o and the gradients of sum(o * do) for the inputs (leaves)."""
     o = fn(**inputs)
@@ -105,8 +106,7 @@ def check_gla_scan_orders(rank, world_size, device, group=None):
     full, do = gla_inputs(GRID, torch.float64, device)
     local_gla = functools.partial(chunk_gla_torch, chunk_size=16)  # 1-2 chunks per rank
     for order in SCAN_ORDERS:
-        ref, ref_grads = run_gla(functools.partial(scan_order_gla_ref, scan_order=order, grid_size=GRID),
-                                 leaves(full), do)
+        ref, ref_grads = run_gla(functools.partial(one_process_gla, scan_order=order), leaves(full), do)
         for layout in LAYOUTS:
             block = functools.partial(BLOCK_OF_LAYOUT[layout], rank=rank, world_size=world_size)
             local = leaves({name: block(x) for name, x in full.items()})
@@ -119,7 +119,7 @@ def check_gla_scan_orders(rank, world_size, device, group=None):
     if rank > 0:  # the test sees the state passed between ranks: without it rank r > 0 is far off
         block = functools.partial(row_block, rank=rank, world_size=world_size)
         alone, _ = chunk_gla_torch(*(block(full[name]) for name in "qkvg"))
-        ref = scan_order_gla_ref(**full, scan_order="raster", grid_size=GRID)
+        ref = one_process_gla(**full, scan_order="raster")
         assert rel_err(alone, block(ref)) > 1e-2
 
 
@@ -137,10 +137,10 @@ def check_layout_exchange(rank, world_size, device):
 def check_conv(rank, world_size, device, group=None):
     generator = torch.Generator().manual_seed(2)
     x, dout = (torch.randn(B, GRID ** 2, D, dtype=torch.float64, generator=generator) for _ in range(2))
-    params = dict(weight=torch.randn(D, 1, 3, 3, dtype=torch.float64, generator=generator),
+    params = dict(taps=torch.randn(D, 3, 3, dtype=torch.float64, generator=generator),
                   bias=torch.randn(D, dtype=torch.float64, generator=generator))
     ref_inputs = leaves(dict(x=x, **params))
-    ref = depthwise_conv3x3_ref(**ref_inputs, grid_size=GRID)
+    ref = depthwise_conv3x3_ref(**ref_inputs)
     (ref * dout).sum().backward()
     for layout in LAYOUTS:
         block = functools.partial(BLOCK_OF_LAYOUT[layout], rank=rank, world_size=world_size)
@@ -175,7 +175,7 @@ def check_triton_against_one_gpu(rank, world_size, device):
     full, do = gla_inputs(grid_size, torch.float32, device, k_dim=32, v_dim=64)  # DiG's head dims
     full64, do64 = {name: x.double() for name, x in full.items()}, do.double()
     for order in SCAN_ORDERS:
-        one_process = functools.partial(scan_order_gla_ref, scan_order=order, grid_size=grid_size)
+        one_process = functools.partial(one_process_gla, scan_order=order)
         exact, exact_grads = run_gla(one_process, leaves(full64), do64)
         single, single_grads = run_gla(functools.partial(one_process, gla_fn=chunk_gla), leaves(full), do)
         block = functools.partial(row_block, rank=rank, world_size=world_size)
@@ -203,25 +203,3 @@ def test_context_parallel_triton_on_gpus(world_size, tmp_path, monkeypatch):
     for name, value in NVLINK_MULTICAST_OFF.items():
         monkeypatch.setenv(name, value)
     run_ranks(world_size, tmp_path, check_triton_against_one_gpu, backend="nccl")
-
-
-def test_scan_order_index():
-    assert scan_order_index("raster", 3).tolist() == list(range(9))
-    assert scan_order_index("reversed", 3).tolist() == list(range(8, -1, -1))
-    assert scan_order_index("column", 3).tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]
-    assert scan_order_index("reversed_column", 3).tolist() == [8, 5, 2, 7, 4, 1, 6, 3, 0]
-    with pytest.raises(ValueError, match="scan_order must be one of"):
-        scan_order_index("diagonal", 3)
-
-
-@pytest.mark.parametrize("order", SCAN_ORDERS)
-def test_oriented_conv_weight_equals_conv_in_scan_order(order):
-    """The conv DiG ran on its re-ordered sequence == the oriented conv on the raster grid."""
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(B, 36, D, dtype=torch.float64, generator=generator)
-    weight = torch.randn(D, 1, 3, 3, dtype=torch.float64, generator=generator)
-    bias = torch.randn(D, dtype=torch.float64, generator=generator)
-    position = scan_order_index(order, 6)
-    in_scan_order = depthwise_conv3x3_ref(x[:, position], weight, bias, 6)[:, torch.argsort(position)]
-    on_raster = depthwise_conv3x3_ref(x, oriented_conv3x3_weight(weight, order), bias, 6)
-    assert_close_rel(order, on_raster, in_scan_order, 1e-14)

@@ -18,7 +18,7 @@ can start its GLA, and as many again in the backward; one all-gather pays one co
 and the fold over ranks is R multiply-adds of [B, H, K, V] per rank, free next to the GLA itself.
 
 Grid split (DiG). Tokens stay in raster order of the e x e grid; a block's scan order says which
-raster token sequence position i reads (`scan_order_index`): "raster" p(i) = i, "reversed"
+raster token sequence position i reads (kernels/gla/scan_order.py): "raster" p(i) = i, "reversed"
 p(i) = T-1-i, "column" p(i) = (i % e) * e + i // e, "reversed_column" the column map of T-1-i. In
 the "rows" layout rank r holds grid rows [r e/R, (r+1) e/R) in raster order: the raster scan is
 then the sequence split above, and the reversed one the same with the scan over ranks running
@@ -48,9 +48,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .scan_order import SCAN_ORDERS
 from .torch_chunk import _exclusive_reverse_cumsum, chunk_gla_torch
 
-SCAN_ORDERS = ("raster", "reversed", "column", "reversed_column")
 LAYOUTS = ("rows", "columns")
 # torch 2.13 renamed all_gather_into_tensor / reduce_scatter_tensor to *_single and deprecates the
 # old names; torch 2.11 (the GPU machine's) has only the old ones.
@@ -199,34 +199,6 @@ def context_parallel_gla(q, k, v, g, group=None, scale=None, reverse=False, gla_
 
 # -------------------------------------------------------------------------------- grid split
 
-def scan_order_index(scan_order, grid_size):
-    """p [T] (T = grid_size^2): sequence position i of `scan_order` reads raster token p[i]."""
-    if scan_order not in SCAN_ORDERS:
-        raise ValueError(f"scan_order must be one of {', '.join(SCAN_ORDERS)}; got {scan_order!r}.")
-    e = grid_size
-    position = torch.arange(e * e)
-    if scan_order in ("reversed", "reversed_column"):
-        position = position.flip(0)
-    if scan_order in ("column", "reversed_column"):
-        position = (position % e) * e + position // e
-    return position
-
-
-def oriented_conv3x3_weight(weight, scan_order):
-    """The weight [D, 1, 3, 3] that, on the raster grid, equals `weight` on the grid of the sequence
-    in `scan_order` laid out row by row (what DiG's SREM conv ran on when it re-ordered the tokens).
-
-    Reversal flips the grid on both axes and the column order transposes it; so does the kernel.
-    """
-    if scan_order not in SCAN_ORDERS:
-        raise ValueError(f"scan_order must be one of {', '.join(SCAN_ORDERS)}; got {scan_order!r}.")
-    if scan_order in ("reversed", "reversed_column"):
-        weight = weight.flip(-2, -1)
-    if scan_order in ("column", "reversed_column"):
-        weight = weight.transpose(-2, -1)
-    return weight
-
-
 def check_grid_split(tokens_local, grid_size, group):
     """Rows (= columns) per rank; ValueError if the e x e grid does not split evenly over the group."""
     world = dist.get_world_size(group)
@@ -276,10 +248,13 @@ def cp_gla(q, k, v, g, scan_order, grid_size, group=None, layout="rows", gla_fn=
 
     q, k, g [B, T_local, H, K], v [B, T_local, H, V] with T_local = grid_size^2 / R; returns
     o [B, T_local, H, V] in the same layout: o at raster token p(i) is the GLA output at sequence
-    position i of the one-process scan (`scan_order_gla_ref`). Column orders on the rows layout
-    (and raster orders on the columns layout) pay one all-to-all in and one out (module docstring).
+    position i of the one-process scan (kernels.gla.chunk_gla_torch with scan_order). Column orders
+    on the rows layout (and raster orders on the columns layout) pay one all-to-all in and one out
+    (module docstring).
     """
     _check_layout(layout)
+    if scan_order not in SCAN_ORDERS:
+        raise ValueError(f"scan_order must be one of {', '.join(SCAN_ORDERS)}; got {scan_order!r}.")
     scan_layout = "rows" if scan_order in ("raster", "reversed") else "columns"
     reverse = scan_order in ("reversed", "reversed_column")
     if scan_layout != layout:
@@ -290,36 +265,20 @@ def cp_gla(q, k, v, g, scan_order, grid_size, group=None, layout="rows", gla_fn=
     return _to_layout(o, grid_size, group, scan_layout, layout)
 
 
-def cp_depthwise_conv3x3(x, weight, bias, grid_size, group=None, layout="rows"):
+def cp_depthwise_conv3x3(x, taps, bias, grid_size, group=None, layout="rows"):
     """Depthwise 3x3 conv (zero padding 1) of the e x e grid of raster tokens split over `group`.
 
-    x [B, T_local, D] in `layout`; weight [D, 1, 3, 3], bias [D] or None, as nn.Conv2d(D, D, 3,
-    padding=1, groups=D) holds them, applied to the grid in raster layout. Returns [B, T_local, D]
-    in the same layout. Each rank receives one row from each neighbour (2 e D values); the columns
-    layout is the transposed grid split in rows, so it runs with the transposed kernel.
+    x [B, T_local, D] in `layout`; taps [D, 3, 3] (kernels.dwconv's convention: the raster-grid taps,
+    kernels.dwconv.orient_taps of the block's conv weight), bias [D] or None. Returns [B, T_local, D]
+    in the same layout: the one-process kernels.dwconv.depthwise_conv3x3_ref on this rank's tokens.
+    Each rank receives one row from each neighbour (2 e D values); the columns layout is the
+    transposed grid split in rows, so it runs with the transposed taps.
     """
     _check_layout(layout)
     B, T_local, D = x.shape
-    if layout == "columns":
-        weight = weight.transpose(-2, -1)
+    weight = (taps.transpose(-2, -1) if layout == "columns" else taps).unsqueeze(1)  # [D, 1, 3, 3]
     rows = x.reshape(B, check_grid_split(T_local, grid_size, group), grid_size, D)  # [B, row, col, D]
     above, below = _HaloExchange.apply(rows[:, :1], rows[:, -1:], group)  # [B, 1, col, D] each
     padded = torch.cat([above, rows, below], 1).permute(0, 3, 1, 2)  # [B, D, rows + 2, col]
     out = F.conv2d(padded, weight, bias, padding=(0, 1), groups=D)  # [B, D, rows, col]
     return out.flatten(2).transpose(1, 2)
-
-
-# ----------------------------------------------------------------------- one-process references
-
-def scan_order_gla_ref(q, k, v, g, scan_order, grid_size, gla_fn=chunk_gla_torch, scale=None):
-    """The one-process twin of `cp_gla`: full raster tensors [B, T, H, *], gathered into the scan
-    order by the index map, scanned, scattered back to raster order."""
-    order = scan_order_index(scan_order, grid_size).to(q.device)
-    o_seq, _ = gla_fn(*(x[:, order] for x in (q, k, v, g)), scale=scale)
-    return o_seq[:, torch.argsort(order)]
-
-
-def depthwise_conv3x3_ref(x, weight, bias, grid_size):
-    """The one-process twin of `cp_depthwise_conv3x3`: x [B, T, D] raster -> [B, T, D]."""
-    grid = x.transpose(1, 2).unflatten(2, (grid_size, grid_size))  # [B, D, e, e]
-    return F.conv2d(grid, weight, bias, padding=1, groups=x.shape[-1]).flatten(2).transpose(1, 2)
