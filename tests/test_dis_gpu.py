@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from helpers import rel_err
 from models.dis import DiS_models
 from models.mamba_scan import MAMBA_IMPORT_ERROR, selective_scan_fn, selective_scan_ref
 
@@ -13,10 +14,6 @@ pytestmark = [
                        reason=f"mamba_ssm does not import ({MAMBA_IMPORT_ERROR}); build it with "
                               "`bash scripts/build_mamba.sh` and put the printed directory on PYTHONPATH"),
 ]
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def test_selective_scan_fn_matches_reference():
