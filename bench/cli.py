@@ -261,7 +261,7 @@ def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
     models, kernels = out / MODELS_CSV, out / KERNELS_CSV
     if not models.exists() and not kernels.exists():
         raise UsageError(f"no {MODELS_CSV} or {KERNELS_CSV} in {out}; run a sweep or `kernels` first.")
-    drawn, missing = {}, []
+    drawn = {}
     if models.exists():
         frame = load_frame(models)
         batch = getattr(args, "batch", None)
@@ -281,8 +281,9 @@ def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
     drawn = {caption: path for caption, path in drawn.items() if path is not None}
     for path in drawn.values():
         print(f"wrote {path}")
-    for caption in missing:
-        print(f"not drawn: {caption.split(':')[0]} (no point of it ran, ok or OOM, in {out})")
+    if len(which) == 1:  # a figure asked for by name (fig2, fig3): say why there is none
+        for caption in missing:
+            print(f"not drawn: {caption.split(':')[0]} (no point of it ran, ok or OOM, in {out})")
     return drawn
 
 

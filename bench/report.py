@@ -48,8 +48,10 @@ def commit_summary(frame: pd.DataFrame) -> str:
 
 
 def environment_section(frame: pd.DataFrame) -> str:
-    rows = [(field, "; ".join(sorted(set(frame[field].astype(str)))))
-            for field in ENV_FIELDS if field in frame]
+    def values(field):
+        text = "; ".join(sorted(set(frame[field].astype(str))))
+        return text or ("not recorded (rows from before the cpu column)" if field == "cpu" else "-")
+    rows = [(field, values(field)) for field in ENV_FIELDS if field in frame]
     rows.append(("git_commit", commit_summary(frame)))
     stamps = sorted(frame["timestamp"].astype(str))
     rows.append(("measured", f"{stamps[0]} .. {stamps[-1]}" if stamps else "-"))
@@ -118,7 +120,8 @@ KERNEL_CHECKS = ("bandwidth", "floor_ratio", "fla_ratio", "rel_err_o", "rel_err_
 def kernel_section(kernels: pd.DataFrame) -> str:
     """Time tables per mode, then each timing's GB/s, ratios and errors against its reference."""
     rows, left_out = one_machine(kernels)
-    parts = [f"Measured on {machine_label(rows.iloc[0])}" + (f"; {left_out}." if left_out else ".")]
+    parts = [f"Measured on {machine_label(rows.iloc[0])}, git commits {commit_summary(rows)}"
+             + (f"; {left_out}." if left_out else ".")]
     copy = rows[(rows["provider"] == "device-copy") & (rows["status"] == "ok")]
     if not copy.empty:
         parts.append(f"Measured device-to-device copy bandwidth (bytes read + written): "
@@ -147,7 +150,6 @@ def kernel_section(kernels: pd.DataFrame) -> str:
                   "reference")
         parts.append("**beside each timing: bandwidth, ratios, errors (||x - ref|| / ||ref||)**\n\n"
                      + md_table(header, table))
-    parts.append("Kernels: " + failures_section(rows))
     return "\n\n".join(parts)
 
 
@@ -243,15 +245,17 @@ def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figu
     tables = [t for t in tables if t]
     if tables:
         sections.append("## Results\n\n" + "\n\n".join(tables))
+    failures = ["Models: " + failures_section(frame)]
     if kernels_csv is not None:
-        sections.append("## Kernel benchmark\n\n"
-                        + kernel_section(load_frame(kernels_csv, KERNEL_REQUIRED, "kernels")))
+        kernels = load_frame(kernels_csv, KERNEL_REQUIRED, "kernels")
+        sections.append("## Kernel benchmark\n\n" + kernel_section(kernels))
+        failures.append("Kernels: " + failures_section(one_machine(kernels)[0]))
     else:
         sections.append("## Kernel benchmark\n\nNot run here: `python bench.py kernels` writes kernels.csv.")
     tuning_csv = Path(out_dir) / "tuning.csv"
     if tuning_csv.exists():
         sections.append("## Chunk-size tuning\n\n" + tuning_section(tuning_csv))
-    sections.append("## Points that did not run\n\nModels: " + failures_section(frame))
+    sections.append("## Points that did not run\n\n" + "\n\n".join(failures))
     reference = reference_section(out_dir, frame, figures)
     if reference:
         sections.append(reference)

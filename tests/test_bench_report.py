@@ -2,6 +2,8 @@
 expected number is known), plus a kernel CSV from a tiny CPU run of the kernel benchmark; one
 machine per figure and report, the reference results beside a new run."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -16,6 +18,7 @@ ENV = {"gpu": "NVIDIA H200", "driver": "580.65", "cuda": "13.0", "torch": "2.11.
        "python": "3.12.3", "packages": "{}", "git_commit": "abc1234", "host": "gpu-host",
        "timestamp": "2026-11-22T10:00:00+00:00"}
 PREFIX = {"DiT": "DiT", "Flash-DiT": "DiT", "DiS": "DiS", "DiG": "DiG"}
+STANDINS = Path(__file__).with_name("test_bench_standins.py")
 MAMBA, REFERENCE = "scan=mamba_ssm selective_scan_fn", "scan=reference (PyTorch)"
 
 
@@ -168,7 +171,11 @@ def test_a_figure_without_a_point_that_ran_is_not_drawn(tmp_path, capsys):
     write_rows(tmp_path / "models.csv", MODEL_COLUMNS, rows)
     assert figures.fig2(load_frame(tmp_path / "models.csv"), tmp_path / "fig2.png") is None
     assert main(["plot", "--out", str(tmp_path)]) == 0
-    assert "not drawn: Fig. 2" in capsys.readouterr().out and not (tmp_path / "fig2.png").exists()
+    assert not (tmp_path / "fig2.png").exists()
+    assert main(["fig2", "--plugin", str(STANDINS), "--models", "StandIn-Unavailable", "--resolutions", "64",
+                 "--device", "cpu", "--out", str(tmp_path), "--time-budget", "1e-9"]) == 0  # a spent budget
+    assert "not drawn: Fig. 2 (no point of it ran" in capsys.readouterr().out
+    assert not (tmp_path / "fig2.png").exists()
 
 
 def test_figures_claims_and_report_never_mix_machines(tmp_path, capsys):
