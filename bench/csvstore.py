@@ -20,9 +20,14 @@ from pathlib import Path
 
 from .errors import CsvFileError
 
+_WARNED: set = set()
+
 
 def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    """Print a warning on stderr, once per process (a file is read several times per command)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -45,8 +50,9 @@ def locked(path: Path, shared: bool = False):
             handle.close()  # closing releases the lock
 
 
-def parse(path: Path) -> tuple[list[str], list[dict], bool]:
-    """(header, rows as dicts of strings, whether a cut last line was left out) of a CSV file.
+def parse(path: Path, repair: bool = False) -> tuple[list[str], list[dict], bool]:
+    """(header, rows as dicts of strings, whether a cut last line was left out) of a CSV file;
+    `repair`: the caller rewrites the file without that line (the warning says so).
 
     ([], [], False) for a missing or empty file. CsvFileError for a binary file, text that is not
     UTF-8, or a row whose field count is not the header's.
@@ -66,7 +72,8 @@ def parse(path: Path) -> tuple[list[str], list[dict], bool]:
     cut = bool(text) and not text.endswith("\n")
     if cut:
         text, _, tail = text.rpartition("\n")
-        warn(f"{path}: its last line is cut off (an interrupted write?) and is left out: {tail[:60]!r}")
+        done = "dropped it, before writing" if repair else "it is left out"
+        warn(f"{path}: its last line is cut off (an interrupted write?); {done}: {tail[:60]!r}")
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
     rows = []
@@ -146,7 +153,7 @@ def record(path: Path, rows: list[dict], columns: Sequence[str], key: Sequence[s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(path):
-        header, existing, cut = parse(path)
+        header, existing, cut = parse(path, repair=True)
         if header:
             require_columns(path, header, required, kind)
         new_keys = {row_key(row, key, defaults) for row in rows}

@@ -17,7 +17,7 @@ from . import csvstore
 from .env import environment, timestamp
 from .errors import CsvFileError
 from .registry import get_family
-from .schema import DONE_STATUSES, MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY, MODEL_REQUIRED
+from .schema import DONE_STATUSES, MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY, MODEL_REQUIRED, POINT_METRICS
 from .spec import KEY_DEFAULTS, KEY_FIELDS
 
 NUMERIC_COLUMNS = ("median", "p20", "p80", "n_reps", "resolution", "batch", "patch", "tokens",
@@ -77,10 +77,18 @@ def record(path: Path, rows: list[dict]) -> None:
 
 
 def keys_with_status(path: Path, statuses: Sequence[str] = DONE_STATUSES) -> set:
-    """Keys of points in the file whose throughput row has one of `statuses`."""
+    """Keys of the points in the file whose throughput row has one of `statuses` and whose every
+    row is there (a point whose last row was cut off is measured again)."""
     _, rows = csvstore.read(path)
-    return {csvstore.row_key(row, MODEL_KEY, KEY_DEFAULTS) for row in rows
-            if row.get("status") in statuses and row.get("metric") == "throughput"}
+    metrics, found = {}, set()
+    for row in rows:
+        key = csvstore.row_key(row, MODEL_KEY, KEY_DEFAULTS)
+        metrics.setdefault(key, set()).add(row.get("metric"))
+        if row.get("metric") == "throughput" and row.get("status") in statuses:
+            found.add(key)
+    gpu = MODEL_KEY.index("gpu")
+    return {key for key in found
+            if metrics[key] >= set(POINT_METRICS["cpu" if key[gpu] == "cpu" else "cuda"])}
 
 
 def load_frame(path: Path, required: Sequence[str] = MODEL_REQUIRED, kind: str = "models") -> pd.DataFrame:

@@ -20,6 +20,9 @@ KERNEL_COLUMNS = ["provider", "impl", "mode", "T", "B", "H", "K", "V", "dtype", 
                   "p20", "p80", "status", "error", "reference", *ENV_COLUMNS]
 KERNEL_KEY = ("provider", "mode", "T", "B", "H", "K", "V", "dtype", *MACHINE_COLUMNS)
 STATUSES = ("ok", "OOM", "error", "unavailable")
+# The rows of one point (bench.results.point_rows); a point missing one (a cut write) is not done.
+POINT_METRICS = {"cuda": ("throughput", "peak_mem_alloc", "peak_mem_nvml", "n_params"),
+                 "cpu": ("throughput", "peak_mem_rss", "n_params")}
 DONE_STATUSES = ("ok", "OOM")  # errors are re-run; unavailability is re-checked (it is free)
 # What report and plot need of a CSV. Older files may lack the cpu column (read as "", an unknown
 # machine) and a key field added later (read as its KEY_DEFAULTS value).

@@ -11,8 +11,7 @@ import pytest
 from bench import csvstore
 from bench.errors import CsvFileError
 from bench.results import keys_with_status, load_frame, record
-from bench.schema import MODEL_COLUMNS, MODEL_KEY
-from test_bench_report import point
+from bench.schema import MODEL_COLUMNS, MODEL_KEY, POINT_METRICS
 
 REPO = Path(__file__).resolve().parent.parent
 WRITER = """
@@ -32,21 +31,28 @@ for i in range(count):
 
 
 def rows_at(resolution: int) -> list:
-    return point("DiG", "S", resolution, 4, 60.0, 1.0)
+    """The rows of one CPU point, as point_rows writes them."""
+    point = dict(dict.fromkeys(MODEL_COLUMNS, ""), family="DiG", size="S", patch=2, resolution=resolution,
+                 batch=1, mode="train", dtype="fp32", gpu="cpu", cpu="test CPU", host="h", status="ok",
+                 backend="gla=torch", median=1.0, p20=0.9, p80=1.1, timestamp="2026-12-01T00:00:00+00:00")
+    return [dict(point, metric=metric) for metric in POINT_METRICS["cpu"]]
 
 
 def test_a_cut_last_line_is_left_out_by_readers_and_dropped_by_the_next_write(tmp_path, capsys):
     path = tmp_path / "models.csv"
+    record(path, rows_at(128))
     record(path, rows_at(256))
     whole = path.read_text()
-    path.write_text(whole + whole.splitlines()[1][:40])  # an append cut short: no newline at the end
-    assert len(load_frame(path)) == 2 and len(keys_with_status(path)) == 1
-    assert "its last line is cut off (an interrupted write?) and is left out" in capsys.readouterr().err
+    path.write_text(whole[:-30])  # the last append cut short: no newline at the end
+    assert len(load_frame(path)) == 5
+    assert "its last line is cut off (an interrupted write?); it is left out" in capsys.readouterr().err
+    assert {key[MODEL_KEY.index("resolution")] for key in keys_with_status(path)} == {"128"}  # 256: rerun
     record(path, rows_at(512))
-    assert "its last line is cut off" in capsys.readouterr().err
+    assert "its last line is cut off (an interrupted write?); dropped it, before writing" in (
+        capsys.readouterr().err)
     header, rows = csvstore.read(path)
-    assert [row["resolution"] for row in rows] == ["256", "256", "512", "512"]
-    assert path.read_text().startswith(whole) and path.read_text().endswith("\n")
+    assert [row["resolution"] for row in rows] == ["128"] * 3 + ["256"] * 2 + ["512"] * 3
+    assert all(len(row) == len(header) for row in rows) and path.read_text().endswith("\n")
     assert capsys.readouterr().err == ""  # repaired: no warning any more
 
 

@@ -12,7 +12,7 @@ import torch
 from bench import cli, csvstore, registry
 from bench.harness import failed_result
 from bench.results import keys_with_status, point_rows, record, spread
-from bench.schema import MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY, STATUSES
+from bench.schema import MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY, POINT_METRICS, STATUSES
 from bench.spec import DEVICE_DEFAULTS, KEY_DEFAULTS, KEY_FIELDS, PointSpec, SweepSettings, batch_for, plan
 from bench.sweep import run_sweep
 
@@ -61,7 +61,7 @@ def test_rows_have_the_schema_units_and_values_of_a_cpu_point(measured_csv):
     assert set(table) == {("StandIn", 64), ("StandIn", 128)}
     expected_params = sum(p.numel() for p in StandInModel(8).parameters())
     for (_, resolution), metrics in table.items():
-        assert set(metrics) == {"throughput", "peak_mem_rss", "n_params"}
+        assert set(metrics) == set(POINT_METRICS["cpu"]) == {"throughput", "peak_mem_rss", "n_params"}
         speed, memory = metrics["throughput"], metrics["peak_mem_rss"]
         assert (speed["unit"], memory["unit"], metrics["n_params"]["unit"]) == ("img/s", "GiB", "count")
         assert float(speed["p20"]) <= float(speed["median"]) <= float(speed["p80"])
@@ -195,7 +195,7 @@ def test_point_rows_compute_images_per_second_and_gib(monkeypatch):
     cuda = PointSpec("StandIn", "S", 2, 64, batch=2, device="cuda")
     rows = {row["metric"]: row for row in point_rows(
         cuda, fake_result([0.5], peak_mem_alloc_gib=3.0, nvml_error="NVMLError: not found"))}
-    assert set(rows) == {"throughput", "peak_mem_alloc", "peak_mem_nvml", "n_params"}
+    assert set(rows) == set(POINT_METRICS["cuda"])  # what keys_with_status needs to call a point done
     assert (rows["peak_mem_alloc"]["unit"], rows["peak_mem_alloc"]["median"]) == ("GiB", 3.0)
     assert (rows["peak_mem_nvml"]["status"], rows["peak_mem_nvml"]["error"]) == ("unavailable",
                                                                                 "NVML: NVMLError: not found")
