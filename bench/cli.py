@@ -261,13 +261,13 @@ def cmd_all(args):
 
 def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
     """Draw the figures whose data exist; returns {caption: path}. UsageError if no CSV at all."""
+    models, kernels = out / MODELS_CSV, out / KERNELS_CSV
+    if not models.exists() and not kernels.exists():
+        raise UsageError(f"no {MODELS_CSV} or {KERNELS_CSV} in {out}; run a sweep or `kernels` first.")
     from . import figures
     from .results import load_frame
     from .schema import KERNEL_REQUIRED
 
-    models, kernels = out / MODELS_CSV, out / KERNELS_CSV
-    if not models.exists() and not kernels.exists():
-        raise UsageError(f"no {MODELS_CSV} or {KERNELS_CSV} in {out}; run a sweep or `kernels` first.")
     drawn = {}
     if models.exists():
         frame = load_frame(models)
@@ -295,21 +295,35 @@ def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
 
 
 def write_report(args, out: Path) -> None:
-    from .report import write_report as write
-
     if not (out / MODELS_CSV).exists():
         raise UsageError(f"no {MODELS_CSV} in {out}; run a sweep first (or pass --out).")
+    from .report import write_report as write
+
     drawn = make_figures(args, out)
     kernels = out / KERNELS_CSV
     print(f"wrote {write(out, out / MODELS_CSV, kernels if kernels.exists() else None, drawn)}")
 
 
+def readable_results(args) -> Path:
+    """--out of plot and report; UsageError-grade CsvFileError for a CSV there that is empty, binary
+    or another CSV, found before pandas is imported."""
+    from . import csvstore
+    from .schema import KERNEL_REQUIRED, MODEL_REQUIRED
+
+    out = output_dir(args, must_exist=True)
+    for name, required, kind in ((MODELS_CSV, MODEL_REQUIRED, "models"),
+                                 (KERNELS_CSV, KERNEL_REQUIRED, "kernels")):
+        if (out / name).exists():
+            csvstore.require_columns(out / name, csvstore.read(out / name)[0], required, kind)
+    return out
+
+
 def cmd_plot(args):
-    make_figures(args, output_dir(args, must_exist=True))
+    make_figures(args, readable_results(args))
 
 
 def cmd_report(args):
-    write_report(args, output_dir(args, must_exist=True))
+    write_report(args, readable_results(args))
 
 
 def cmd_kernels(args):

@@ -165,7 +165,7 @@ def run_cli_in_fresh_python(argv) -> dict:
 
 @pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["sweep", "--models", "Nope"],
                                   ["--timeout", "0"], ["kernels", "--providers", "bogus"],
-                                  ["sweep", "--out", "README.md"]])
+                                  ["sweep", "--out", "README.md"], ["report", "--out", "tests"]])
 def test_help_and_usage_errors_do_not_import_torch(argv):
     run = run_cli_in_fresh_python(argv)
     assert run["loaded"] == [], (argv, run)  # torch alone takes 2-4 s to import here
