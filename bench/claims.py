@@ -1,4 +1,7 @@
-"""The paper's efficiency claims (REFERENCE.md section 6) checked against the result CSV.
+"""The DiG paper's efficiency claims (arXiv 2405.18428, Fig. 2 and 3) checked against the result CSV.
+
+The frame given must hold one machine's rows (bench.frames.one_machine): a claim compares two
+models measured on the same machine.
 
 Each claim compares DiG with one baseline at one size and resolution, in training mode, patch 2,
 at the largest batch both ran at (rows at larger batches where one of them ran out of memory are
@@ -10,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .registry import is_reference_scan
+from .frames import fast_scan_only
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,9 @@ def point(frame: pd.DataFrame, family: str, size: str, resolution: int, metric: 
 
     DiS rows that ran the reference scan are dropped: they are not the DiS speed.
     """
-    rows = frame[(frame["family"] == family) & (frame["size"] == size) & (frame["patch"] == 2)
-                 & (frame["resolution"] == resolution) & (frame["mode"] == "train")
-                 & (frame["metric"] == metric) & frame["status"].isin(["ok", "OOM"])]
-    return rows[~rows["backend"].map(is_reference_scan).astype(bool)]
+    return fast_scan_only(frame[(frame["family"] == family) & (frame["size"] == size) & (frame["patch"] == 2)
+                                & (frame["resolution"] == resolution) & (frame["mode"] == "train")
+                                & (frame["metric"] == metric) & frame["status"].isin(["ok", "OOM"])])
 
 
 def source(row) -> str:
@@ -65,7 +67,7 @@ def ok_batches(rows: pd.DataFrame) -> set:
     return set(rows.loc[rows["status"] == "ok", "batch"])
 
 
-def pick_batch(ours: pd.DataFrame, theirs: pd.DataFrame):
+def comparison_batch(ours: pd.DataFrame, theirs: pd.DataFrame):
     """(batch, larger batches where only one side or neither ran) for a comparison, or (None, []).
 
     The largest batch both ran: a number is worth more than "baseline OOM", and the paper gives no
@@ -93,7 +95,7 @@ def evaluate(frame: pd.DataFrame, claim: Claim) -> dict:
     metric = "throughput" if claim.kind == "speedup" else memory_metric(frame)
     ours = point(frame, "DiG", claim.size, claim.resolution, metric)
     theirs = point(frame, claim.baseline, claim.size, claim.resolution, metric)
-    batch, larger = pick_batch(ours, theirs)
+    batch, larger = comparison_batch(ours, theirs)
     if batch is None:
         reason = "not measured"
         if claim.baseline == "DiS" and (frame["family"] == "DiS").any() and theirs.empty:
@@ -128,9 +130,8 @@ def crossovers(frame: pd.DataFrame, size: str = "S", batch: int | None = None) -
     Uses training throughput at one batch (the most common one unless given). A baseline OOM at a
     resolution where DiG runs counts as DiG faster. Value None: DiG is not faster at the largest.
     """
-    rows = frame[(frame["size"] == size) & (frame["patch"] == 2) & (frame["mode"] == "train")
-                 & (frame["metric"] == "throughput") & frame["status"].isin(["ok", "OOM"])]
-    rows = rows[~rows["backend"].map(is_reference_scan).astype(bool)]
+    rows = fast_scan_only(frame[(frame["size"] == size) & (frame["patch"] == 2) & (frame["mode"] == "train")
+                                & (frame["metric"] == "throughput") & frame["status"].isin(["ok", "OOM"])])
     if rows.empty or not (rows["family"] == "DiG").any():
         return {}
     if batch is None:

@@ -1,31 +1,43 @@
 """`python bench.py` command line: sweeps, the paper's figures, the kernel benchmark, reports.
 
-With no subcommand it runs the main job (`all`): on a GPU the Fig. 2 and Fig. 3 sweeps, their
-figures and the report under reports/; without one a small CPU sweep under reports/cpu/.
-User mistakes (unknown model, bad resolution, missing CSV) print one line and exit with code 2.
+With no subcommand it runs the main job (`all`) into results/, which git ignores: on a GPU the
+Fig. 2 and Fig. 3 sweeps, their figures and the report; without one a small CPU sweep of every
+family (about a minute on 2 idle cores) and its report. reports/ holds the committed reference results;
+the new report shows them beside its own numbers, each labelled with its machine.
+Every user mistake is answered with one line on stderr and exit code 2, before anything is
+measured. This module imports neither torch nor pandas (the commands import what they need), so
+`--help` and those answers come at once.
 """
 
 import argparse
+import math
 import sys
+import tempfile
 from pathlib import Path
 
-from . import registry
-from .env import REPO_ROOT, describe, device_kind
-from .harness import MODES
-from .registry import CPU_FAMILIES, FIG2_FAMILIES, FIG3_FAMILIES, SIZES
-from .sweep import STEP_DEFAULTS, SweepSettings, plan, run_sweep
+from . import REPO_ROOT, registry
+from .errors import CsvFileError, UsageError
+from .registry import FIG2_FAMILIES, FIG3_FAMILIES, SIZES
+from .spec import (
+    CPU_BATCH,
+    CPU_GRID,
+    CPU_TIME_BUDGET_S,
+    DEVICE_DEFAULTS,
+    DTYPES,
+    FIG2_BATCH,
+    FIG2_RESOLUTIONS,
+    FIG3_BATCH,
+    KERNEL_PROVIDERS,
+    KERNEL_TOKENS,
+    MODES,
+    SweepSettings,
+    check_grid,
+    plan,
+)
 
+DEFAULT_OUT = REPO_ROOT / "results"  # git-ignored; reports/ holds the committed reference results
 MODELS_CSV, KERNELS_CSV = "models.csv", "kernels.csv"
-FIG2_RESOLUTIONS = tuple(range(256, 2049, 256))
-FIG2_BATCH = 4  # S/2 at batch 4 (ANCHORS.md): DiT naive runs up to 1280 px on an H200 (81 GiB), then OOM
-FIG3_BATCH = {1024: 4, 2048: 2}  # B=2 at 2048 keeps DiT-XL/2 with FlashAttention in memory
-# The CPU job: 12 points at batch 1; it stops starting points after 120 s so that, with the
-# 45 s per-point limit and the report, it ends within 3 minutes on 2 cores.
-CPU_RESOLUTIONS, CPU_BATCH, CPU_TIME_BUDGET_S = (64, 128, 256), 1, 120.0
-
-
-class UsageError(Exception):
-    """A user mistake: reported as one line on stderr, exit code 2."""
+CPU_RESOLUTIONS = tuple(sorted({r for resolutions in CPU_GRID.values() for r in resolutions}))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -33,95 +45,229 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def split_list(text: str) -> list:
-    return [item for item in text.replace(",", " ").split() if item]
+# ------------------------------------------------------------------------- argument types
+
+def whole(minimum: int):
+    """argparse type: a whole number >= minimum."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return convert
+
+
+def seconds(allow_zero: bool):
+    """argparse type: a finite number of seconds, > 0 (or >= 0 with allow_zero)."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if allow_zero else 'more than'} 0 s, "
+                                             f"got {text}")
+        return value
+    return convert
+
+
+def split_list(values) -> list:
+    """['a,b', 'c'] -> ['a', 'b', 'c']."""
+    return [item for value in values or () for item in value.replace(",", " ").split() if item]
 
 
 def ints(values) -> tuple:
     try:
-        return tuple(int(item) for value in values for item in split_list(value))
+        return tuple(int(item) for item in split_list(values))
     except ValueError as error:
         raise UsageError(f"expected whole numbers: {error}") from None
 
 
-def out_dir(args) -> Path:
-    if args.out:
-        return Path(args.out)
-    return REPO_ROOT / "reports" / ("cpu" if device_kind(args.device) == "cpu" else "")
+# --------------------------------------------------------------------- checks before running
+
+def output_dir(args, must_exist: bool = False) -> Path:
+    """--out (default results/); UsageError if it is a file, lies under a file or cannot be written.
+
+    Nothing is created here: the first row written makes the directory.
+    """
+    path = Path(args.out) if args.out else DEFAULT_OUT
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file, not a directory.")
+    existing = next(parent for parent in (path, *path.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--out {path} cannot be made: {existing} is a file.")
+    if must_exist and existing != path:
+        raise UsageError(f"no {MODELS_CSV} or {KERNELS_CSV} in {path} (it does not exist); "
+                         "run a sweep or `kernels` first, or pass --out.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # what a write there would meet
+            pass
+    except OSError as error:
+        raise UsageError(f"--out {path} cannot be written: {error.strerror or error} ({existing}).") from None
+    return path
 
 
-def sweep_settings(args, families, sizes, resolutions, batch, tokens=None) -> SweepSettings:
-    """Settings from the command line; UsageError if a model, size, resolution or batch is bad."""
+def check_existing_csv(path: Path, required, kind: str) -> None:
+    """UsageError-grade CsvFileError if a CSV already at `path` is not one we can add rows to."""
+    from . import csvstore
+
+    header, _ = csvstore.read(path)
+    if header:
+        csvstore.require_columns(path, header, required, kind)
+
+
+def resolve_device(args) -> str:
+    from .env import device_kind  # imports torch
+
+    try:
+        return device_kind(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def load_plugins(args) -> None:
     for plugin in args.plugin or ():
         try:
             registry.load_plugin(plugin)
         except ValueError as error:
             raise UsageError(str(error)) from None
-    bad_sizes = [s for s in sizes if s not in SIZES]
-    if bad_sizes:
-        raise UsageError(f"unknown size {bad_sizes[0]!r}; choose from {', '.join(SIZES)}.")
+
+
+def settings_from(args, families, sizes, resolutions, batch, tokens=None, device=None) -> SweepSettings:
+    """SweepSettings of the command line's run options; UsageError if the grid is impossible."""
     settings = SweepSettings(
-        families=tuple(families), sizes=tuple(sizes), resolutions=tuple(resolutions),
-        device=device_kind(args.device), patch=args.patch, modes=tuple(split_list(",".join(args.modes))),
-        batch=batch if tokens is None else None, tokens=tokens, dtype=args.dtype, warmup=args.warmup,
-        min_reps=args.reps, min_time_s=args.min_time, max_reps=args.max_reps, timeout_s=args.timeout,
-        threads=args.threads,
-        force=args.force, plugins=tuple(args.plugin or ()), time_budget_s=args.time_budget)
-    bad_modes = [m for m in settings.modes if m not in MODES]
-    if bad_modes:
-        raise UsageError(f"unknown mode {bad_modes[0]!r}; choose from {', '.join(MODES)}.")
+        families=tuple(families), sizes=tuple(sizes), resolutions=tuple(resolutions), device=device,
+        patch=args.patch, modes=tuple(split_list(args.modes)), batch=batch if tokens is None else None,
+        tokens=tokens, dtype=args.dtype, warmup=args.warmup, min_reps=args.reps, min_time_s=args.min_time,
+        max_reps=args.max_reps, timeout_s=args.timeout, threads=args.threads, force=args.force,
+        plugins=tuple(args.plugin or ()), time_budget_s=args.time_budget)
     try:
-        plan(settings)
+        check_grid(settings)
     except ValueError as error:
         raise UsageError(str(error)) from None
     return settings
 
 
-def run(args, settings: SweepSettings) -> dict:
-    csv_path = out_dir(args) / MODELS_CSV
-    counts = run_sweep(settings, csv_path, progress=not args.no_progress)
-    print(f"{csv_path}: {counts['measured']} measured, {counts['skipped']} already there"
-          + (f", {counts['left']} left (time budget spent; run again to continue)" if counts["left"] else ""))
-    return counts
+def check_user_grid(args) -> None:
+    """The models, sizes, resolutions, modes and batch given on the command line, before torch."""
+    load_plugins(args)
+    settings_from(args, split_list(args.models) or FIG2_FAMILIES[:1], split_list(args.sizes) or ("S",),
+                  ints(args.resolutions) or (256,), args.batch or 1, args.tokens)
 
 
-def chosen(args, default_families, default_sizes, default_resolutions):
-    families = split_list(",".join(args.models)) if args.models else default_families
-    sizes = split_list(",".join(args.sizes)) if args.sizes else default_sizes
-    resolutions = ints(args.resolutions) if args.resolutions else default_resolutions
-    return families, sizes, resolutions
+# ------------------------------------------------------------------------------ the grids
+
+def fig2_jobs(args, device: str) -> list:
+    """[(settings, points)] of the Fig. 2 sweep; on a CPU the CPU grid (see bench/spec.py)."""
+    models, resolutions = split_list(args.models), ints(args.resolutions)
+    sizes = split_list(args.sizes) or ("S",)
+    if device == "cpu" and not models and not resolutions:
+        return [merged_job([settings_from(args, [family], sizes, family_resolutions,
+                                          args.batch or CPU_BATCH, args.tokens, device)
+                            for family, family_resolutions in CPU_GRID.items()])]
+    default_resolutions = CPU_RESOLUTIONS if device == "cpu" else FIG2_RESOLUTIONS
+    default_batch = CPU_BATCH if device == "cpu" else FIG2_BATCH
+    settings = settings_from(args, models or (tuple(CPU_GRID) if device == "cpu" else FIG2_FAMILIES), sizes,
+                             resolutions or default_resolutions, args.batch or default_batch, args.tokens,
+                             device)
+    return [(settings, plan(settings))]
 
 
-# ----------------------------------------------------------------------------------- commands
+def fig3_jobs(args, device: str) -> list:
+    """[(settings, points)] per resolution of the Fig. 3 sweeps (S to XL at 1024 and 2048 px)."""
+    resolutions = ints(args.resolutions)
+    if device == "cpu" and not resolutions:
+        raise UsageError("fig3's grid (S to XL at 1024 and 2048 px) would take hours per point on a CPU; "
+                         "give --resolutions (and --sizes) for a CPU version.")
+    jobs = []
+    for resolution in resolutions or tuple(FIG3_BATCH):
+        batch = args.batch or FIG3_BATCH.get(resolution, FIG2_BATCH)
+        settings = settings_from(args, split_list(args.models) or FIG3_FAMILIES,
+                                 split_list(args.sizes) or SIZES, (resolution,), batch, args.tokens, device)
+        jobs.append((settings, plan(settings)))
+    return jobs
+
+
+def merged_job(settings_list: list) -> tuple:
+    """One job of several plans, run smallest resolution first, so that a time budget that runs out
+    leaves every family measured at the small resolutions."""
+    points = [point for settings in settings_list for point in plan(settings)]
+    return settings_list[0], sorted(points, key=lambda point: point.resolution)
+
+
+# ------------------------------------------------------------------------------- running
+
+def run_jobs(args, out: Path, jobs: list) -> None:
+    """Run the planned sweeps into out/models.csv, one summary line each."""
+    from .sweep import run_sweep
+
+    csv_path = out / MODELS_CSV
+    for settings, points in jobs:
+        counts = run_sweep(settings, csv_path, points, progress=not args.no_progress)
+        left = (f", {counts['left']} left (time budget of {settings.time_budget_s:g} s spent; run again to "
+                "measure them)" if counts["left"] else "")
+        print(f"{csv_path}: {counts['measured']} measured, {counts['skipped']} already there{left}")
+
+
+def prepare_sweep(args) -> tuple:
+    """(out dir, device): every check of a sweep's input, torch-free ones first."""
+    from .schema import MODEL_REQUIRED
+
+    check_user_grid(args)
+    out = output_dir(args)
+    check_existing_csv(out / MODELS_CSV, MODEL_REQUIRED, "models")
+    return out, resolve_device(args)
+
 
 def cmd_sweep(args):
-    families, sizes, resolutions = chosen(args, FIG2_FAMILIES, ("S",), FIG2_RESOLUTIONS)
-    batch = FIG2_BATCH if args.batch is None else args.batch
-    run(args, sweep_settings(args, families, sizes, resolutions, batch, args.tokens))
+    out, device = prepare_sweep(args)
+    run_jobs(args, out, fig2_jobs(args, device))
 
 
 def cmd_fig2(args):
-    cmd_sweep(args)
-    make_figures(args, which=("fig2",))
+    out, device = prepare_sweep(args)
+    run_jobs(args, out, fig2_jobs(args, device))
+    figure_after_sweep(args, out, "fig2")
 
 
 def cmd_fig3(args):
-    families, sizes, resolutions = chosen(args, FIG3_FAMILIES, SIZES, tuple(FIG3_BATCH))
-    for resolution in resolutions:
-        batch = args.batch or FIG3_BATCH.get(resolution, FIG2_BATCH)
-        run(args, sweep_settings(args, families, sizes, (resolution,), batch, args.tokens))
-    make_figures(args, which=("fig3",))
+    out, device = prepare_sweep(args)
+    run_jobs(args, out, fig3_jobs(args, device))
+    figure_after_sweep(args, out, "fig3")
 
 
-def make_figures(args, which=("fig2", "fig3", "kernels")) -> dict:
+def figure_after_sweep(args, out: Path, which: str) -> None:
+    if (out / MODELS_CSV).exists():
+        make_figures(args, out, which=(which,))
+    else:  # a time budget spent before the first point
+        print(f"not drawn: Fig. {which[-1]} (no point measured into {out})")
+
+
+def cmd_all(args):
+    """The main job: GPU -> Fig. 2 and Fig. 3 sweeps, figures, report; CPU -> the CPU grid, report."""
+    out, device = prepare_sweep(args)
+    if device == "cuda":
+        jobs = fig2_jobs(args, device) + fig3_jobs(args, device)
+    else:
+        jobs = fig2_jobs(args, device)
+        if args.time_budget is None:
+            jobs[0][0].time_budget_s = CPU_TIME_BUDGET_S
+    run_jobs(args, out, jobs)
+    write_report(args, out)
+
+
+def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
     """Draw the figures whose data exist; returns {caption: path}. UsageError if no CSV at all."""
+    models, kernels = out / MODELS_CSV, out / KERNELS_CSV
+    if not models.exists() and not kernels.exists():
+        raise UsageError(f"no {MODELS_CSV} or {KERNELS_CSV} in {out}; run a sweep or `kernels` first.")
     from . import figures
     from .results import load_frame
+    from .schema import KERNEL_REQUIRED
 
-    directory = out_dir(args)
-    models, kernels = directory / MODELS_CSV, directory / KERNELS_CSV
-    if not models.exists() and not kernels.exists():
-        raise UsageError(f"no {MODELS_CSV} or {KERNELS_CSV} in {directory}; run a sweep or `kernels` first.")
     drawn = {}
     if models.exists():
         frame = load_frame(models)
@@ -130,206 +276,255 @@ def make_figures(args, which=("fig2", "fig3", "kernels")) -> dict:
             # Without --batch, the batch most S/2 rows have: the figure's sweep, not a side point
             # (e.g. the b1 rows measured at 1792 px for the paper's claim), wherever it is drawn.
             drawn["Fig. 2: S/2 training speed and memory vs resolution"] = figures.fig2(
-                frame, directory / "fig2.png", batch=batch, tokens=getattr(args, "tokens", None))
+                frame, out / "fig2.png", batch=batch, tokens=getattr(args, "tokens", None))
         if "fig3" in which:
             batches = {r: batch for r in FIG3_BATCH} if batch else FIG3_BATCH
             drawn["Fig. 3: speed relative to DiG by size"] = figures.fig3(
-                frame, directory / "fig3.png", batch_by_resolution=batches)
+                frame, out / "fig3.png", batch_by_resolution=batches)
     if kernels.exists() and "kernels" in which:
-        drawn["Kernel time vs sequence length"] = figures.kernel_figure(load_frame(kernels),
-                                                                         directory / "kernels.png")
+        drawn["Kernel time vs sequence length"] = figures.kernel_figure(
+            load_frame(kernels, KERNEL_REQUIRED, "kernels"), out / "kernels.png")
+    missing = [caption for caption, path in drawn.items() if path is None]
     drawn = {caption: path for caption, path in drawn.items() if path is not None}
     for path in drawn.values():
         print(f"wrote {path}")
+    if len(which) == 1:  # a figure asked for by name (fig2, fig3): say why there is none
+        for caption in missing:
+            print(f"not drawn: {caption.split(':')[0]} (no point of it ran, ok or OOM, in {out})")
     return drawn
 
 
+def write_report(args, out: Path) -> None:
+    if not (out / MODELS_CSV).exists():
+        raise UsageError(f"no {MODELS_CSV} in {out}; run a sweep first (or pass --out).")
+    from .report import write_report as write
+
+    drawn = make_figures(args, out)
+    kernels = out / KERNELS_CSV
+    print(f"wrote {write(out, out / MODELS_CSV, kernels if kernels.exists() else None, drawn)}")
+
+
+def readable_results(args) -> Path:
+    """--out of plot and report; UsageError-grade CsvFileError for a CSV there that is empty, binary
+    or another CSV, found before pandas is imported."""
+    from . import csvstore
+    from .schema import KERNEL_REQUIRED, MODEL_REQUIRED
+
+    out = output_dir(args, must_exist=True)
+    for name, required, kind in ((MODELS_CSV, MODEL_REQUIRED, "models"),
+                                 (KERNELS_CSV, KERNEL_REQUIRED, "kernels")):
+        if (out / name).exists():
+            csvstore.require_columns(out / name, csvstore.read(out / name)[0], required, kind)
+    return out
+
+
 def cmd_plot(args):
-    make_figures(args)
+    make_figures(args, readable_results(args))
 
 
 def cmd_report(args):
-    from .report import write_report
-
-    directory = out_dir(args)
-    if not (directory / MODELS_CSV).exists():
-        raise UsageError(f"no {MODELS_CSV} in {directory}; run a sweep first (or pass --out).")
-    drawn = make_figures(args)
-    kernels = directory / KERNELS_CSV
-    report = write_report(directory, directory / MODELS_CSV, kernels if kernels.exists() else None, drawn)
-    print(f"wrote {report}")
-
-
-def cmd_all(args):
-    """The main job: GPU -> Fig. 2 and Fig. 3 sweeps, figures, report; CPU -> a small sweep."""
-    if device_kind(args.device) == "cuda":
-        run(args, sweep_settings(args, FIG2_FAMILIES, ("S",), FIG2_RESOLUTIONS, FIG2_BATCH))
-        for resolution, batch in FIG3_BATCH.items():
-            run(args, sweep_settings(args, FIG3_FAMILIES, SIZES, (resolution,), batch))
-    else:
-        settings = sweep_settings(args, CPU_FAMILIES, ("S",), CPU_RESOLUTIONS, CPU_BATCH)
-        if settings.time_budget_s is None:
-            settings.time_budget_s = CPU_TIME_BUDGET_S
-        run(args, settings)
-    cmd_report(args)
+    write_report(args, readable_results(args))
 
 
 def cmd_kernels(args):
-    from .kernels import KernelRun, KernelSettings, summary_table
+    from .schema import KERNEL_REQUIRED
 
-    device = device_kind(args.device)
+    lengths = ints(args.lengths)
+    if lengths and min(lengths) < 1:
+        raise UsageError(f"--lengths must be positive, got {min(lengths)}.")
+    providers = tuple(split_list(args.providers)) or None
+    unknown = [name for name in providers or () if name not in KERNEL_PROVIDERS]
+    if unknown:
+        raise UsageError(f"unknown provider {unknown[0]!r}; choose from {', '.join(KERNEL_PROVIDERS)}.")
+    out = output_dir(args)
+    check_existing_csv(out / KERNELS_CSV, KERNEL_REQUIRED, "kernels")
+    device = resolve_device(args)
     if device != "cuda" and not args.allow_cpu:
         raise UsageError("the kernel benchmark times GPU kernels; no CUDA GPU here "
                          "(--allow-cpu runs the PyTorch providers for a smoke test).")
-    lengths = ints(args.lengths) if args.lengths else None
-    if lengths and min(lengths) < 1 or args.tokens < 1:
-        raise UsageError("--lengths and --tokens must be positive.")
-    providers = tuple(split_list(",".join(args.providers))) if args.providers else None
-    settings = KernelSettings(device=device, tokens=args.tokens, dtype=args.dtype, providers=providers)
+    from .kernel_bench import KernelRun, KernelSettings, summary_table
+
+    dtype = args.dtype or DEVICE_DEFAULTS[device]["dtype"]
+    settings = KernelSettings(device=device, tokens=args.tokens, dtype=dtype, providers=providers)
     if lengths:
         settings.lengths = lengths
-    csv_path = out_dir(args) / KERNELS_CSV
+    csv_path = out / KERNELS_CSV
     rows = KernelRun(settings, csv_path).run(progress=print)
     print(summary_table(rows))
     print(f"wrote {csv_path}")
 
 
 def cmd_tune(args):
-    import torch
-
-    from .kernels import DTYPES
-
-    if not torch.cuda.is_available():
+    out = output_dir(args)
+    if resolve_device(args) != "cuda":
         raise UsageError("tune times the Triton kernel on this machine's GPU; torch sees no CUDA GPU.")
+    from .kernel_bench import DTYPES as TORCH_DTYPES
 
     try:
         from kernels.gla import tuning
     except ImportError as error:
         print(f"bench.py tune: kernels.gla.tuning does not import ({error})", file=sys.stderr)
         raise SystemExit(1) from None
-    tuning.tune(shapes=None, dtype=DTYPES[args.dtype], force=args.force, progress=print)
-    table = tuning.tuning_table(DTYPES[args.dtype])
-    csv_path = out_dir(args) / "tuning.csv"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = TORCH_DTYPES[args.dtype]
+    tuning.tune(shapes=None, dtype=dtype, force=args.force, progress=print)
+    table = tuning.tuning_table(dtype)
+    csv_path = out / "tuning.csv"
     table.to_csv(csv_path, index=False)
     print(tuning.tuning_summary(table))
     print(f"cache: {tuning.cache_path()}; every candidate's time: {csv_path}")
 
 
 def cmd_merge(args):
-    from .kernels import KERNEL_KEY
-    from .results import MODEL_KEY, merge_files, read_rows
+    from . import csvstore
+    from .schema import KERNEL_KEY, MODEL_KEY, csv_kind
+    from .spec import KEY_DEFAULTS
 
-    missing = [p for p in args.inputs if not Path(p).is_file()]
-    if missing:
-        raise UsageError(f"CSV file {missing[0]!r} does not exist.")
-    key = KERNEL_KEY if "provider" in read_rows(args.inputs[0])[0] else MODEL_KEY
-    count = merge_files([Path(p) for p in args.inputs], Path(args.output), key)
-    print(f"wrote {count} rows to {args.output}")
+    kinds = []
+    for name in args.inputs:
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"CSV file {name!r} does not exist." if not path.exists()
+                             else f"{name!r} is not a file.")
+        header, _ = csvstore.read(path)
+        if not header:
+            raise UsageError(f"{name} is empty: nothing to merge.")
+        try:
+            kinds.append(csv_kind(header))
+        except CsvFileError as error:
+            raise UsageError(f"{name} is {error}.") from None
+    if len(set(kinds)) > 1:
+        other = next(kind for kind in kinds if kind != kinds[0])
+        raise UsageError(f"cannot merge a {kinds[0]} CSV with a {other} CSV.")
+    output = Path(args.output)
+    if output.is_dir():
+        raise UsageError(f"-o {output} is a directory; give a file name.")
+    output_dir(argparse.Namespace(out=str(output.parent)))
+    key, defaults = (KERNEL_KEY, None) if kinds[0] == "kernels" else (MODEL_KEY, KEY_DEFAULTS)
+    count = csvstore.merge([Path(p) for p in args.inputs], output, key, defaults)
+    print(f"wrote {count} rows to {output}")
 
 
 def cmd_env(args):
+    from .env import describe
+
     for what, value in describe():
         print(f"{what:>24}: {value}")
 
 
 # ------------------------------------------------------------------------------------- parser
 
-def add_output(parser):
-    parser.add_argument("--out", help="output directory (default reports/ on GPU, reports/cpu/ on CPU)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                        help="where to measure (default: CUDA if present)")
+def add_output(parser, device: bool = True):
+    parser.add_argument("--out", help=f"output directory (default {DEFAULT_OUT.name}/, which git ignores; "
+                                      "reports/ holds the committed reference results)")
+    if device:
+        parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                            help="where to measure (default: CUDA if present)")
 
 
 def defaults(name: str) -> str:
-    return f"(default GPU {STEP_DEFAULTS['cuda'][name]:g}, CPU {STEP_DEFAULTS['cpu'][name]:g})"
+    cuda, cpu = DEVICE_DEFAULTS["cuda"][name], DEVICE_DEFAULTS["cpu"][name]
+    if isinstance(cuda, str):
+        return f"(default GPU {cuda}, CPU {cpu})"
+    return f"(default GPU {cuda:g}, CPU {cpu:g})"
 
 
 def add_run_options(parser):
     """How points run: shared by the main job and the sweeps."""
     add_output(parser)
     parser.add_argument("--force", action="store_true", help="re-measure points already in the CSV")
-    parser.add_argument("--timeout", type=float, help="seconds a point may take " + defaults("timeout_s"))
-    parser.add_argument("--time-budget", type=float, help="start no new point after this many seconds "
-                        "(CPU main job: 120); run again to go on")
-    parser.add_argument("--threads", type=int, help="torch threads per point, 0 = all " + defaults("threads"))
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--timeout", type=seconds(allow_zero=False),
+                        help="seconds a point may take " + defaults("timeout_s"))
+    parser.add_argument("--time-budget", type=seconds(allow_zero=False),
+                        help="start no new point after this many seconds "
+                             f"(CPU main job: {CPU_TIME_BUDGET_S:g}); run again to go on")
+    parser.add_argument("--threads", type=whole(0),
+                        help="torch threads per point, 0 = all " + defaults("threads"))
+    parser.add_argument("--dtype", choices=DTYPES, help="autocast dtype " + defaults("dtype"))
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (the line per finished point stays)")
 
 
 def add_main_job_options(parser):
     """The main job's grid is fixed (the paper's figures); only how it runs can be changed."""
     add_run_options(parser)
     parser.set_defaults(models=None, sizes=None, resolutions=None, patch=2, batch=None, tokens=None,
-                        modes=["train"], dtype="bf16", warmup=None, reps=None, max_reps=None, min_time=None,
-                        plugin=None)
+                        modes=["train"], warmup=None, reps=None, max_reps=None, min_time=None, plugin=None)
 
 
 def add_sweep_options(parser):
     add_run_options(parser)
     parser.add_argument("--models", nargs="+", help=f"families, of {', '.join(registry.FAMILIES)}")
-    parser.add_argument("--sizes", nargs="+", help="model sizes among S, B, L, XL")
+    parser.add_argument("--sizes", nargs="+", help=f"model sizes among {', '.join(SIZES)}")
     parser.add_argument("--resolutions", nargs="+", help="image sizes in px, multiples of 8*patch")
-    parser.add_argument("--patch", type=int, default=2, help="patch size (default 2)")
+    parser.add_argument("--patch", type=whole(1), default=2, help="patch size (default 2)")
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--batch", type=int, help="images per step, fixed for the figure")
-    budget.add_argument("--tokens", type=int, help="token budget: batch = max(1, tokens // tokens per image)")
-    parser.add_argument("--modes", nargs="+", default=["train"], help="train and/or infer (default train)")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="autocast dtype")
-    parser.add_argument("--warmup", type=int, help="untimed steps per point " + defaults("warmup"))
-    parser.add_argument("--reps", type=int, help="minimum timed steps per point " + defaults("min_reps"))
-    parser.add_argument("--max-reps", type=int, help="maximum timed steps per point " + defaults("max_reps"))
-    parser.add_argument("--min-time", type=float, help="minimum timed seconds " + defaults("min_time_s"))
+    budget.add_argument("--batch", type=whole(1), help="images per step, fixed for the figure")
+    budget.add_argument("--tokens", type=whole(1),
+                        help="token budget: batch = max(1, tokens // tokens per image)")
+    parser.add_argument("--modes", nargs="+", default=["train"],
+                        help=f"{' and/or '.join(MODES)} (default train)")
+    parser.add_argument("--warmup", type=whole(0), help="untimed steps per point " + defaults("warmup"))
+    parser.add_argument("--reps", type=whole(1), help="minimum timed steps per point " + defaults("min_reps"))
+    parser.add_argument("--max-reps", type=whole(1),
+                        help="maximum timed steps per point " + defaults("max_reps"))
+    parser.add_argument("--min-time", type=seconds(allow_zero=True),
+                        help="minimum timed seconds " + defaults("min_time_s"))
     parser.add_argument("--plugin", action="append", help="Python file that registers families (repeatable)")
+
+
+def add_kernel_options(parser):
+    add_output(parser)
+    parser.add_argument("--lengths", nargs="+", help="sequence lengths T (default 256 .. 65536)")
+    parser.add_argument("--tokens", type=whole(1), default=KERNEL_TOKENS,
+                        help=f"B*T, fixed (default {KERNEL_TOKENS})")
+    parser.add_argument("--dtype", choices=DTYPES, help="input dtype " + defaults("dtype"))
+    parser.add_argument("--providers", nargs="+", help=f"of {', '.join(KERNEL_PROVIDERS)} (default all)")
+    parser.add_argument("--allow-cpu", action="store_true", help="smoke-test the PyTorch providers on CPU")
+
+
+def add_tune_options(parser):
+    add_output(parser)
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16")
+    parser.add_argument("--force", action="store_true", help="re-tune shapes already in the cache")
+
+
+def add_plot_options(parser):
+    add_output(parser, device=False)
+    parser.add_argument("--batch", type=whole(1), help="batch to draw in Fig. 2 (default: the most common)")
+
+
+def add_merge_options(parser):
+    parser.add_argument("inputs", nargs="+", help="CSV files to merge (all models or all kernels CSVs)")
+    parser.add_argument("-o", "--output", required=True, help="merged CSV (the latest run of a point wins)")
+
+
+# (name, function, help, options): a new command is one more line here.
+COMMANDS = [
+    ("all", cmd_all, "main job: GPU -> Fig. 2 + Fig. 3 sweeps, figures, report; CPU -> small sweep, report",
+     add_main_job_options),
+    ("sweep", cmd_sweep, "measure points into <out>/models.csv (default: the Fig. 2 grid; the CPU grid "
+     "on CPU)", add_sweep_options),
+    ("fig2", cmd_fig2, "Fig. 2 sweep (S/2, 256..2048 px; the CPU grid on CPU) then its figure",
+     add_sweep_options),
+    ("fig3", cmd_fig3, "Fig. 3 sweeps (S, B, L, XL at 1024 and 2048 px) then its figure", add_sweep_options),
+    ("kernels", cmd_kernels, "kernel benchmark: GLA (ours, fla, naive) vs SDPA attention",
+     add_kernel_options),
+    ("tune", cmd_tune, "tune the Triton GLA kernel for this GPU (kernels.gla.tuning)", add_tune_options),
+    ("plot", cmd_plot, "draw the figures from the CSVs in --out", add_plot_options),
+    ("report", cmd_report, "figures and REPORT.md from the CSVs in --out", add_plot_options),
+    ("merge", cmd_merge, "merge result CSVs", add_merge_options),
+    ("env", cmd_env, "GPU, CPU, versions and which optional backends are available", lambda sub: None),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="bench.py", description=__doc__.splitlines()[0],
                            epilog="With no subcommand: `all` (the main job).")
-    commands = parser.add_subparsers(dest="command", metavar="command")
-
-    def command(name, function, help_text, options):
+    commands = parser.add_subparsers(dest="command", metavar="command", parser_class=OneLineParser)
+    for name, function, help_text, options in COMMANDS:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         options(sub)
         sub.set_defaults(func=function)
-        return sub
-
-    command("all", cmd_all, "main job: GPU -> Fig. 2 + Fig. 3 sweeps, figures, report; CPU -> small sweep",
-            add_main_job_options)
-    command("sweep", cmd_sweep, "measure points into <out>/models.csv (default: the Fig. 2 grid)",
-            add_sweep_options)
-    command("fig2", cmd_fig2, "Fig. 2 sweep (S/2, 256..2048 px) then its figure", add_sweep_options)
-    command("fig3", cmd_fig3, "Fig. 3 sweeps (S, B, L, XL at 1024 and 2048 px) then its figure",
-            add_sweep_options)
-
-    def kernel_options(sub):
-        add_output(sub)
-        sub.add_argument("--lengths", nargs="+", help="sequence lengths T (default 256 .. 65536)")
-        sub.add_argument("--tokens", type=int, default=131072, help="B*T, fixed (default 131072)")
-        sub.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-        sub.add_argument("--providers", nargs="+",
-                         help="fla, ours-triton, ours-torch, naive, sdpa-flash, sdpa-cudnn (default all)")
-        sub.add_argument("--allow-cpu", action="store_true", help="smoke-test the PyTorch providers on CPU")
-    command("kernels", cmd_kernels, "kernel benchmark: GLA (ours, fla, naive) vs SDPA attention",
-            kernel_options)
-
-    def tune_options(sub):
-        add_output(sub)
-        sub.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-        sub.add_argument("--force", action="store_true", help="re-tune shapes already in the cache")
-    command("tune", cmd_tune, "tune the Triton GLA kernel for this GPU (kernels.gla.tuning)", tune_options)
-
-    def plot_options(sub):
-        add_output(sub)
-        sub.add_argument("--batch", type=int, help="batch to draw in Fig. 2 (default: the most common)")
-    command("plot", cmd_plot, "draw the figures from the CSVs in --out", plot_options)
-    command("report", cmd_report, "figures and REPORT.md from the CSVs in --out", plot_options)
-
-    def merge_options(sub):
-        sub.add_argument("inputs", nargs="+", help="CSV files to merge")
-        sub.add_argument("-o", "--output", required=True, help="merged CSV (the latest run of a point wins)")
-    command("merge", cmd_merge, "merge result CSVs", merge_options)
-    command("env", cmd_env, "GPU, driver, versions and which optional backends are available",
-            lambda sub: None)
     return parser
 
 
@@ -340,17 +535,15 @@ def exit_on_sigterm(signum, frame):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["all", *argv]
     try:
-        if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
-            argv = ["all", *argv]
-        args = parser.parse_args(argv)
-        if getattr(args, "batch", None) is not None and args.batch < 1:
-            raise UsageError(f"--batch must be at least 1, got {args.batch}.")
-        if getattr(args, "tokens", None) is not None and args.tokens < 1:
-            raise UsageError(f"--tokens must be at least 1, got {args.tokens}.")
+        args = build_parser().parse_args(argv)
         args.func(args)
-    except UsageError as error:
+    except (UsageError, CsvFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # a sweep's SweepInterrupted says what was kept
+        print(f"bench.py: {interrupt or 'interrupted; the rows already written are kept'}", file=sys.stderr)
+        return 130
     return 0

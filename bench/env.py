@@ -1,20 +1,22 @@
-"""Environment of a benchmark run: device, driver, versions, optional backends, git commit."""
+"""Environment of a benchmark run: device, machine, driver, versions, optional backends, git commit.
+
+torch is imported inside the functions that need it, so that reading or plotting results does not.
+"""
 
 import datetime
 import functools
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import socket
 import subprocess
-from pathlib import Path
 
-import torch
-
+from . import REPO_ROOT
+from .errors import one_line
 from .registry import import_error
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Packages whose version changes the numbers (recorded as JSON in every row).
 TRACKED_PACKAGES = ("numpy", "einops", "timm", "fla-core", "flash-linear-attention", "flash-attn",
                     "mamba-ssm", "causal-conv1d", "nvidia-ml-py", "pandas", "matplotlib")
@@ -22,7 +24,9 @@ OPTIONAL_BACKENDS = ("flash_attn", "fla.ops.gla", "mamba_ssm")
 
 
 def device_kind(requested: str = "auto") -> str:
-    """'cuda' or 'cpu'; 'auto' picks CUDA when a GPU is visible."""
+    """'cuda' or 'cpu'; 'auto' picks CUDA when a GPU is visible. ValueError for 'cuda' without one."""
+    import torch
+
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
@@ -32,12 +36,29 @@ def device_kind(requested: str = "auto") -> str:
 
 def device_name(device: str) -> str:
     """The GPU's name (part of every result key), or 'cpu'."""
+    import torch
+
     return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and logical core count, e.g. 'AMD EPYC (2 logical cores)' (part of every
+    result key: a CPU run's speed is the CPU's, and a GPU run's small points are bound by it)."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                        "")
+    except OSError:  # not Linux
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    return f"{name} ({os.cpu_count()} logical cores)"
 
 
 def nvml_handle():
     """NVML handle of torch's current GPU, matched by UUID; raises if NVML cannot find it."""
     import pynvml
+    import torch
 
     pynvml.nvmlInit()
     uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
@@ -52,7 +73,7 @@ def driver_version() -> str:
         version = pynvml.nvmlSystemGetDriverVersion()
         return version.decode() if isinstance(version, bytes) else str(version)
     except Exception as error:  # no NVML library on a CPU machine: say so in the column
-        return f"unknown ({type(error).__name__})"
+        return f"unknown ({one_line(error, 80)})"
 
 
 def package_versions() -> dict:
@@ -84,14 +105,21 @@ def git_commit() -> str:
 @functools.cache
 def environment(device: str) -> dict:
     """Columns recorded in every CSV row (except the timestamp, taken per row)."""
-    import triton
+    import torch
 
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # Triton ships Linux wheels only
+        triton_version = "not installed"
     return {
         "gpu": device_name(device),
+        "cpu": cpu_model(),
         "driver": driver_version() if device == "cuda" else "",
         "cuda": torch.version.cuda or "",
         "torch": torch.__version__,
-        "triton": triton.__version__,
+        "triton": triton_version,
         "python": platform.python_version(),
         "packages": json.dumps(package_versions(), sort_keys=True),
         "git_commit": git_commit(),
@@ -105,6 +133,8 @@ def timestamp() -> str:
 
 def sdpa_backend_error(backend_name: str) -> str | None:
     """None if SDPA's `backend_name` (FLASH_ATTENTION, CUDNN_ATTENTION) runs a DiT-shaped call here."""
+    import torch
+
     if not torch.cuda.is_available():
         return "needs CUDA"
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -115,21 +145,26 @@ def sdpa_backend_error(backend_name: str) -> str | None:
             torch.nn.functional.scaled_dot_product_attention(q, q, q)
         torch.cuda.synchronize()
     except Exception as error:  # any failure means: not usable here, with the reason
-        return f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+        return one_line(error, 200)
     return None
 
 
 def describe() -> list[tuple[str, str]]:
     """(what, value) lines for `bench.py env`."""
+    import torch
+
     device = device_kind()
     env = environment(device)
-    lines = [(key, env[key]) for key in ("gpu", "driver", "cuda", "torch", "triton", "python",
-                                          "git_commit", "host")]
+    lines = [(key, env[key]) for key in ("gpu", "cpu", "host", "driver", "cuda", "torch", "triton", "python",
+                                          "git_commit")]
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
         count = torch.cuda.device_count()
         lines.append(("gpu memory", f"{props.total_memory / 2**30:.1f} GiB, {count} GPU(s)"))
     lines.append(("packages", env["packages"]))
+    for package in ("kernels", "models", "bench"):  # run from the checkout, never an installed copy
+        spec = importlib.util.find_spec(package)
+        lines.append((f"import {package}", spec.origin if spec and spec.origin else "not found"))
     for module in OPTIONAL_BACKENDS:
         reason = import_error(module)
         lines.append((module, "available" if reason is None else f"unavailable: {reason}"))

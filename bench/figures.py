@@ -1,6 +1,7 @@
 """Figures from the result CSVs only (never from live measurements): Fig. 2, Fig. 3, kernels.
 
-Every figure carries the GPU, batch, dtype and a one-line protocol note (bench/PROTOCOL.md).
+Every figure carries the machine, batch, dtype and a one-line protocol note (bench/PROTOCOL.md),
+and draws the rows of one machine and dtype only; its footnote names the rows it left out.
 """
 
 from pathlib import Path
@@ -9,9 +10,9 @@ import matplotlib.transforms as mtransforms
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-from .registry import FIG2_FAMILIES, FIG3_FAMILIES, SIZES, is_reference_scan
+from .frames import fast_scan_only, machine_label, one_machine, ordered, series_name
+from .registry import FIG2_FAMILIES, FIG3_FAMILIES, REFERENCE_SCAN_LABEL, SIZES
 
-REFERENCE_SCAN_SUFFIX = " (reference scan: not the DiS speed)"
 PROTOCOL_NOTE = ("img/s = {mode}, median over timed steps, bars p20-p80; memory = {memory}; "
                  "each point in a fresh process; x = out of memory. Protocol: bench/PROTOCOL.md")
 MEMORY_NOTE = {"peak_mem_alloc": "torch.cuda.max_memory_allocated, GiB = 2^30 B",
@@ -19,21 +20,7 @@ MEMORY_NOTE = {"peak_mem_alloc": "torch.cuda.max_memory_allocated, GiB = 2^30 B"
 MODE_NOTE = {"train": "full training step (fwd, MSE, bwd, AdamW)", "infer": "forward under no_grad"}
 
 
-def single_run(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the GPU and dtype with the most rows (a merged CSV can hold several machines)."""
-    if frame.empty:
-        return frame
-    gpu = frame["gpu"].value_counts().index[0]
-    frame = frame[frame["gpu"] == gpu]
-    return frame[frame["dtype"] == frame["dtype"].value_counts().index[0]]
-
-
-def series_name(row) -> str:
-    """The family, or a DiS label that says it ran the reference scan."""
-    return row["family"] + (REFERENCE_SCAN_SUFFIX if is_reference_scan(row["backend"]) else "")
-
-
-def pick_batch(frame: pd.DataFrame, batch: int | None, tokens: int | None) -> tuple:
+def figure_batch(frame: pd.DataFrame, batch: int | None, tokens: int | None) -> tuple:
     """(rows of one fixed batch or of one token budget, title fragment).
 
     Without rows at the wanted batch, the batch with the most rows (the title says which).
@@ -48,12 +35,20 @@ def pick_batch(frame: pd.DataFrame, batch: int | None, tokens: int | None) -> tu
     return frame[frame["batch"] == batch], f"batch {batch}"
 
 
-def ordered(names, preferred) -> list:
-    names = list(dict.fromkeys(names))
-    return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
+def precision(dtype: str) -> str:
+    return "fp32 (no autocast)" if dtype == "fp32" else f"{dtype} autocast"
 
 
-def footnote(fig, text: str) -> None:
+def machine_title(row) -> str:
+    """The machine, and for a CPU run the threads each point used."""
+    threads = str(row.get("threads", "")).strip()
+    if row["gpu"] != "cpu" or not threads:
+        return machine_label(row)
+    return f"{machine_label(row)}, {threads} thread{'' if threads == '1' else 's'} per point"
+
+
+def footnote(fig, text: str, left_out: str = "") -> None:
+    text += f"\n{left_out} (other machines or dtypes)" if left_out else ""
     fig.text(0.01, 0.005, text, fontsize=7, color="0.3", ha="left", va="bottom", wrap=True)
 
 
@@ -62,7 +57,7 @@ def _plot_metric(ax, rows: pd.DataFrame, series: list, colors: dict, errorbars: 
     for name in series:
         points = rows[rows["series"] == name].sort_values("resolution")
         ok = points[points["status"] == "ok"]
-        style = "--" if name.endswith(REFERENCE_SCAN_SUFFIX) else "-"
+        style = "--" if name.endswith(REFERENCE_SCAN_LABEL) else "-"
         if not ok.empty:
             yerr = [ok["median"] - ok["p20"], ok["p80"] - ok["median"]] if errorbars else None
             ax.errorbar(ok["resolution"], ok["median"], yerr=yerr, marker="o", ls=style, capsize=2,
@@ -76,10 +71,11 @@ def _plot_metric(ax, rows: pd.DataFrame, series: list, colors: dict, errorbars: 
 
 def fig2(frame: pd.DataFrame, out_path: Path, batch: int | None = None,
          tokens: int | None = None, mode: str = "train") -> Path | None:
-    """S/2 throughput and peak memory vs resolution; None if the CSV has no S/2 rows of `mode`."""
-    rows = single_run(frame[(frame["size"] == "S") & (frame["patch"] == 2) & (frame["mode"] == mode)])
-    rows, batch_text = pick_batch(rows, batch, tokens)
-    if rows.empty:
+    """S/2 throughput and peak memory vs resolution; None if no S/2 point of `mode` ran (ok or OOM)."""
+    rows, left_out = one_machine(frame[(frame["size"] == "S") & (frame["patch"] == 2)
+                                       & (frame["mode"] == mode)])
+    rows, batch_text = figure_batch(rows, batch, tokens)
+    if not rows["status"].isin(["ok", "OOM"]).any():
         return None
     rows = rows.assign(series=rows.apply(series_name, axis=1))
     memory_metric = "peak_mem_alloc" if (rows["metric"] == "peak_mem_alloc").any() else "peak_mem_rss"
@@ -98,13 +94,12 @@ def fig2(frame: pd.DataFrame, out_path: Path, batch: int | None = None,
         ax.grid(alpha=0.3)
     ax_speed.legend(fontsize=8)
     first = rows.iloc[0]
-    device = first["gpu"] + (f" ({first['threads']} thread)" if first["gpu"] == "cpu" else "")
-    fig.suptitle(f"Fig. 2: S/2 {mode} speed and memory vs resolution - {device}, {batch_text}, "
-                 f"{first['dtype']} autocast")
+    fig.suptitle(f"Fig. 2: S/2 {mode} speed and memory vs resolution - {machine_title(first)}, {batch_text}, "
+                 f"{precision(first['dtype'])}")
     missing = rows[(rows["metric"] == "throughput") & rows["status"].isin(["unavailable", "error"])]
     skipped = "; ".join(sorted({f"{r.family}: {r.status}" for r in missing.itertuples()}))
     footnote(fig, PROTOCOL_NOTE.format(mode=MODE_NOTE[mode], memory=MEMORY_NOTE[memory_metric])
-             + (f"\nnot drawn: {skipped}" if skipped else ""))
+             + (f"\nnot drawn: {skipped}" if skipped else ""), left_out)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out_path, dpi=130)
     return out_path
@@ -146,24 +141,26 @@ def _bar_panel(ax, panel: pd.DataFrame, colors: dict) -> None:
 def fig3(frame: pd.DataFrame, out_path: Path, resolutions=(1024, 2048),
          batch_by_resolution: dict | None = None) -> Path | None:
     """Grouped bars: throughput of each family relative to DiG, per size, one panel per resolution."""
-    rows = single_run(frame[(frame["patch"] == 2) & (frame["mode"] == "train")
-                            & (frame["metric"] == "throughput") & frame["resolution"].isin(resolutions)])
-    rows = rows[~rows["backend"].map(is_reference_scan).astype(bool)]  # not the DiS speed
-    if rows.empty:
+    rows, left_out = one_machine(frame[(frame["patch"] == 2) & (frame["mode"] == "train")
+                                       & (frame["metric"] == "throughput")
+                                       & frame["resolution"].isin(resolutions)])
+    rows = fast_scan_only(rows)
+    if not rows["status"].isin(["ok", "OOM"]).any():
         return None
     colors = {family: f"C{i}" for i, family in enumerate(ordered(rows["family"], FIG3_FAMILIES))}
     panels = [r for r in resolutions if (rows["resolution"] == r).any()]
     fig = Figure(figsize=(6.5 * len(panels), 4.8))
     for ax, resolution in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         wanted = (batch_by_resolution or {}).get(resolution)
-        panel, batch_text = pick_batch(rows[rows["resolution"] == resolution], wanted, None)
+        panel, batch_text = figure_batch(rows[rows["resolution"] == resolution], wanted, None)
         _bar_panel(ax, relative_to_dig(panel), colors)
         ax.set_title(f"{resolution}x{resolution} ({(resolution // 16) ** 2} tokens), {batch_text}")
     first = rows.iloc[0]
-    fig.suptitle(f"Fig. 3: speed relative to DiG by model size - {first['gpu']}, {first['dtype']} autocast")
+    fig.suptitle(f"Fig. 3: speed relative to DiG by model size - {machine_title(first)}, "
+                 f"{precision(first['dtype'])}")
     footnote(fig, f"img/s = {MODE_NOTE['train']}, median over timed steps; each point in a fresh process; "
                   "OOM = out of memory at this batch. DiS rows run with the reference scan are excluded. "
-                  "Protocol: bench/PROTOCOL.md")
+                  "Protocol: bench/PROTOCOL.md", left_out)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out_path, dpi=130)
     return out_path
@@ -171,7 +168,7 @@ def fig3(frame: pd.DataFrame, out_path: Path, resolutions=(1024, 2048),
 
 def kernel_figure(frame: pd.DataFrame, out_path: Path) -> Path | None:
     """Kernel time (ms) vs sequence length T, log-log, forward and forward+backward panels."""
-    rows = single_run(frame[(frame["metric"] == "time") & (frame["status"] == "ok")])
+    rows, left_out = one_machine(frame[(frame["metric"] == "time") & (frame["status"] == "ok")])
     if rows.empty:
         return None
     modes = [m for m in ("fwd", "fwd+bwd") if (rows["mode"] == m).any()]
@@ -192,12 +189,12 @@ def kernel_figure(frame: pd.DataFrame, out_path: Path) -> Path | None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     first = rows.iloc[0]
-    fig.suptitle(f"GLA and attention kernels - {first['gpu']}, {first['dtype']}, H={first['H']}, "
+    fig.suptitle(f"GLA and attention kernels - {machine_label(first)}, {first['dtype']}, H={first['H']}, "
                  f"K={first['K']}, V={first['V']}, B*T={int(first['B'] * first['T'])}")
     timer = ("perf_counter median of 5 calls (CPU smoke run)" if first["gpu"] == "cpu"
              else "triton.testing.do_bench median")
     footnote(fig, f"{timer}; hbm-floor = bytes GLA must move / measured device copy bandwidth; "
-                  "attention head dim 64, non-causal. See bench/kernels.py")
+                  "attention head dim 64, non-causal. See bench/kernel_bench.py", left_out)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out_path, dpi=130)
     return out_path

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .registry import import_error
 
-GATE_LOGIT_NORMALIZER = 16  # DiG's gates: g = logsigmoid(x) / 16 (REFERENCE.md section 1)
+GATE_LOGIT_NORMALIZER = 16  # DiG's gates, as its GLA layer makes them: g = logsigmoid(x) / 16
 NAIVE_MAX_T = 1024  # the token loop launches ~10 kernels per token: 65536 tokens would take minutes
 ATTENTION_REF_MAX_T = 4096  # float64 T x T reference for one (batch, head): 128 MiB at T = 4096
 ATTENTION_REF_QUERIES = 1024  # above that, only o of the first 1024 queries is checked (no grads)
@@ -22,7 +22,7 @@ def gla_bytes_per_token_head(K: int, V: int, itemsize: int, mode: str) -> int:
     """Bytes GLA must move per token and head if each input is read and each output written once.
 
     Forward: read q, k, g (K each) and v (V), write o (V). Backward: read q, k, g, v, do, write
-    dq, dk, dg, dv. K=32, V=64, bf16: 448 bytes forward, 1216 forward+backward (ANCHORS.md).
+    dq, dk, dg, dv. K=32, V=64, bf16: 448 bytes forward, 1216 forward+backward.
     """
     forward = (3 * K + V) + V
     backward = (3 * K + 2 * V) + (3 * K + V)

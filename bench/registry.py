@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from .errors import one_line
 
 SIZES = ("S", "B", "L", "XL")
 
@@ -29,7 +29,7 @@ def import_error(module: str) -> str | None:
     try:
         importlib.import_module(module)
     except Exception as error:  # broken extensions raise OSError, RuntimeError...
-        return f"{module} does not import ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+        return f"{module} does not import ({one_line(error, 200)})"
     return None
 
 
@@ -70,8 +70,8 @@ class Family:
     def model_name(self, size: str, patch: int) -> str:
         return f"{self.prefix}-{size}/{patch}"
 
-    def create(self, size: str, patch: int, input_size: int, device: str) -> torch.nn.Module:
-        """Build the model for one point on `device` (fp32 weights)."""
+    def create(self, size: str, patch: int, input_size: int, device: str):
+        """Build the model (a torch.nn.Module) for one point on `device` (fp32 weights)."""
         kwargs = self.backend_kw(device)
         if self.build is not None:
             model = self.build(self.model_name(size, patch), input_size, **kwargs)
@@ -104,7 +104,10 @@ def load_plugin(path: str) -> None:
         raise ValueError(f"plugin file {str(path)!r} does not exist.")
     spec = importlib.util.spec_from_file_location(f"bench_plugin_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the user's file: its failure is their input error, in one line
+        raise ValueError(f"plugin file {str(path)!r} fails to load: {one_line(error)}") from None
 
 
 register(Family("DiT", "DiT", lambda device: {"attn_backend": "naive"}))
@@ -115,12 +118,13 @@ register(Family("DiS", "DiS", lambda device: {"scan_backend": "auto"}, needs_mam
 register(Family("DiG", "DiG", lambda device: {"gla_backend": "triton" if device == "cuda" else "torch"}))
 register(Family("DiG-fla", "DiG", lambda device: {"gla_backend": "fla"}, needs_fla))
 
-# The paper's figures and the claims it makes (REFERENCE.md section 6).
+# The families of the paper's Fig. 2 (DiT, DiS, DiG) and Fig. 3 (DiS, DiT, Flash-DiT, DiG), with
+# DiT on cuDNN attention (faster than FlashAttention-2 on Hopper) and DiG on fla's kernel beside them.
 FIG2_FAMILIES = ("DiT", "Flash-DiT", "DiT-cuDNN", "DiS", "DiG", "DiG-fla")
 FIG3_FAMILIES = ("DiS", "DiT", "Flash-DiT", "DiT-cuDNN", "DiG", "DiG-fla")
-CPU_FAMILIES = ("DiT", "DiT-SDPA", "DiG", "DiS")  # DiS last: its reference scan is the slowest point
+REFERENCE_SCAN_LABEL = " (reference scan, not the DiS speed)"
 
 
 def is_reference_scan(backend: str) -> bool:
-    """True for a row that ran the PyTorch reference scan (not the DiS speed)."""
+    """True for a row that ran DiS's PyTorch reference scan: labelled so, never quoted as the DiS speed."""
     return "scan=reference" in str(backend)

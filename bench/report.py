@@ -1,18 +1,31 @@
-"""reports/REPORT.md from the CSVs: protocol, environment, figures, claims, tables, failures."""
+"""REPORT.md from the CSVs: machine, protocol, figures, claims, tables, failures, reference results.
+
+A report covers one machine (the one with the most rows; the rows of others are counted and named,
+never mixed in). A report written outside reports/ (the main job's, by default under results/)
+ends with the committed reference results of reports/, each labelled with its machine, beside
+the new numbers where both measured the same point.
+"""
 
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from . import REPO_ROOT
 from .claims import EXTRA_CLAIMS, PAPER_CLAIMS, efficiency_claim, evaluate, memory_metric
 from .env import timestamp
-from .figures import FIG2_FAMILIES, ordered, single_run
-from .registry import is_reference_scan
+from .errors import CsvFileError
+from .frames import machine_label, one_machine, ordered, series_name
+from .registry import FIG2_FAMILIES
+from .results import load_frame
+from .schema import KERNEL_REQUIRED
+from .spec import KEY_FIELDS
 
 PROTOCOL_PATH = Path(__file__).with_name("PROTOCOL.md")
-ENV_FIELDS = ("gpu", "threads", "driver", "cuda", "torch", "triton", "python", "packages", "git_commit",
-              "host")
+REFERENCE_DIR = REPO_ROOT / "reports"
+ENV_FIELDS = ("gpu", "cpu", "host", "threads", "driver", "cuda", "torch", "triton", "python", "packages")
+COMMIT_NOTES = {"none": "not recorded: measured from a copy of the tree without .git",
+                "dirty": "measured with uncommitted changes"}
 
 
 def md_table(headers, rows) -> str:
@@ -24,9 +37,22 @@ def md_table(headers, rows) -> str:
     return "\n".join(lines)
 
 
+def commit_summary(frame: pd.DataFrame) -> str:
+    """Each git_commit value with its row count; 'none' and '-dirty' say what they mean."""
+    parts = []
+    for commit, count in frame["git_commit"].astype(str).value_counts().items():
+        note = COMMIT_NOTES["none"] if commit == "none" else COMMIT_NOTES["dirty"] if commit.endswith(
+            "-dirty") else ""
+        parts.append(f"{commit} ({count} rows{': ' + note if note else ''})")
+    return "; ".join(parts)
+
+
 def environment_section(frame: pd.DataFrame) -> str:
-    rows = [(field, "; ".join(sorted(set(frame[field].astype(str)))))
-            for field in ENV_FIELDS if field in frame]
+    def values(field):
+        text = "; ".join(sorted(set(frame[field].astype(str))))
+        return text or ("not recorded (rows from before the cpu column)" if field == "cpu" else "-")
+    rows = [(field, values(field)) for field in ENV_FIELDS if field in frame]
+    rows.append(("git_commit", commit_summary(frame)))
     stamps = sorted(frame["timestamp"].astype(str))
     rows.append(("measured", f"{stamps[0]} .. {stamps[-1]}" if stamps else "-"))
     return md_table(("what", "value"), rows)
@@ -42,13 +68,12 @@ def cell_text(row) -> str:
 
 def pivot_section(frame: pd.DataFrame, metric: str, size: str, mode: str = "train") -> str | None:
     """Family x resolution table of one metric (median (p20-p80) for img/s) at one size, per batch."""
-    rows = single_run(frame[(frame["metric"] == metric) & (frame["size"] == size) & (frame["mode"] == mode)])
+    rows = frame[(frame["metric"] == metric) & (frame["size"] == size) & (frame["mode"] == mode)]
     if rows.empty:
         return None
     parts = []
     for (patch, batch), group in rows.groupby(["patch", "batch"]):
-        group = group.assign(series=group["family"] + group["backend"].map(
-            lambda b: " (reference scan)" if is_reference_scan(b) else ""))
+        group = group.assign(series=group.apply(series_name, axis=1))
         resolutions = sorted(group["resolution"].unique())
         table = []
         for series in ordered(group["series"], FIG2_FAMILIES):
@@ -94,8 +119,9 @@ KERNEL_CHECKS = ("bandwidth", "floor_ratio", "fla_ratio", "rel_err_o", "rel_err_
 
 def kernel_section(kernels: pd.DataFrame) -> str:
     """Time tables per mode, then each timing's GB/s, ratios and errors against its reference."""
-    rows = single_run(kernels)
-    parts = []
+    rows, left_out = one_machine(kernels)
+    parts = [f"Measured on {machine_label(rows.iloc[0])}, git commits {commit_summary(rows)}"
+             + (f"; {left_out}." if left_out else ".")]
     copy = rows[(rows["provider"] == "device-copy") & (rows["status"] == "ok")]
     if not copy.empty:
         parts.append(f"Measured device-to-device copy bandwidth (bytes read + written): "
@@ -138,15 +164,75 @@ def tuning_section(tuning_csv: Path) -> str:
             f"`{tuning_csv.name}`.\n\n```\n{tuning_summary(table)}\n```")
 
 
+# ------------------------------------------------------------------------ reference results
+
+def throughput_by_point(rows: pd.DataFrame) -> pd.Series:
+    """Median img/s of the ok training and inference points, indexed by the point's key fields."""
+    ok = rows[(rows["metric"] == "throughput") & (rows["status"] == "ok")]
+    return ok.drop_duplicates(subset=list(KEY_FIELDS), keep="last").set_index(list(KEY_FIELDS))["median"]
+
+
+def point_label(key: tuple) -> str:
+    """'DiT-S/2 64px b1 train fp32' from the key fields' values."""
+    point = dict(zip(KEY_FIELDS, key))
+    named = ("family", "size", "patch", "resolution", "batch")
+    rest = " ".join(str(point[name]) for name in KEY_FIELDS if name not in named)
+    return (f"{point['family']}-{point['size']}/{int(point['patch'])} {int(point['resolution'])}px "
+            f"b{int(point['batch'])} {rest}")
+
+
+def reference_entry(csv_path: Path, out_dir: Path, rows: pd.DataFrame, figures: dict) -> str:
+    """One committed reference CSV: its machine and dates, and the points it shares with this run."""
+    where = os.path.relpath(csv_path.parent, out_dir)
+    try:
+        reference, left_out = one_machine(load_frame(csv_path))
+    except CsvFileError as error:
+        return f"- `{where}`: unreadable ({error})"
+    stamps = sorted(reference["timestamp"].astype(str))
+    head = (f"**{machine_label(reference.iloc[0])}** (`{where}/`, measured {stamps[0][:10]} .. "
+            f"{stamps[-1][:10]}, git commits {commit_summary(reference)}"
+            + (f"; {left_out}" if left_out else "") + f"): [REPORT.md]({where}/REPORT.md)")
+    ours, theirs = throughput_by_point(rows), throughput_by_point(reference)
+    common = ours.index.intersection(theirs.index)
+    if common.empty:
+        return head + "\n\nNo point in common with this run (another grid, batch or dtype)."
+    table = [(point_label(key), f"{ours[key]:.3g}", f"{theirs[key]:.3g}", f"{ours[key] / theirs[key]:.2f}")
+             for key in common]
+    parts = [head, md_table(("point", "img/s here", "img/s reference", "here / reference"), table)]
+    shared = [(caption, path) for caption, path in figures.items() if (csv_path.parent / path.name).exists()]
+    if shared:
+        cells = [f"![{caption}]({os.path.relpath(path, out_dir)}) | ![{caption}, reference]"
+                 f"({where}/{path.name})" for caption, path in shared]
+        parts.append("| this run | reference |\n|---|---|\n" + "\n".join(f"| {cell} |" for cell in cells))
+    return "\n\n".join(parts)
+
+
+def reference_section(out_dir: Path, rows: pd.DataFrame, figures: dict) -> str | None:
+    """The committed results under reports/, or None when this report is one of them."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir == REFERENCE_DIR or REFERENCE_DIR in out_dir.parents:
+        return None
+    entries = [reference_entry(path, out_dir, rows, figures)
+               for path in sorted(REFERENCE_DIR.glob("**/models.csv"))]
+    if not entries:
+        return None
+    return ("## Reference results (committed under reports/, not measured in this run)\n\n"
+            "Each was measured on the machine named; a number here is comparable with one there only "
+            "for the same point.\n\n" + "\n\n".join(entries))
+
+
+# ------------------------------------------------------------------------------------ report
+
 def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figures: dict) -> Path:
     """Write out_dir/REPORT.md; figures maps a caption to an image path (linked relatively)."""
-    from .results import load_frame
-
-    frame = load_frame(models_csv)
-    cpu = (frame["gpu"] == "cpu").all()
-    title = "# DiG efficiency benchmark" + (" (CPU run: CPU numbers, not GPU numbers)" if cpu else "")
+    frame, left_out = one_machine(load_frame(models_csv))
+    machine = machine_label(frame.iloc[0])
+    cpu = frame.iloc[0]["gpu"] == "cpu"
+    title = f"# DiG efficiency benchmark on {machine}" + (" (CPU run: CPU numbers, not GPU numbers)"
+                                                           if cpu else "")
     sections = [title, f"Generated {timestamp()} by `python bench.py report` from `{models_csv.name}`"
-                + (f" and `{kernels_csv.name}`" if kernels_csv else "") + ".",
+                + (f" and `{kernels_csv.name}`" if kernels_csv else "") + "."
+                + (f" One machine and dtype per report; {left_out}." if left_out else ""),
                 "## Environment\n\n" + environment_section(frame),
                 PROTOCOL_PATH.read_text().strip()]
     if figures:
@@ -159,17 +245,20 @@ def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figu
     tables = [t for t in tables if t]
     if tables:
         sections.append("## Results\n\n" + "\n\n".join(tables))
+    failures = ["Models: " + failures_section(frame)]
     if kernels_csv is not None:
-        sections.append("## Kernel benchmark\n\n" + kernel_section(load_frame(kernels_csv)))
+        kernels = load_frame(kernels_csv, KERNEL_REQUIRED, "kernels")
+        sections.append("## Kernel benchmark\n\n" + kernel_section(kernels))
+        failures.append("Kernels: " + failures_section(one_machine(kernels)[0]))
     else:
         sections.append("## Kernel benchmark\n\nNot run here: `python bench.py kernels` writes kernels.csv.")
     tuning_csv = Path(out_dir) / "tuning.csv"
     if tuning_csv.exists():
         sections.append("## Chunk-size tuning\n\n" + tuning_section(tuning_csv))
-    failures = ["Models: " + failures_section(frame)]
-    if kernels_csv is not None:
-        failures.append("Kernels: " + failures_section(load_frame(kernels_csv)))
     sections.append("## Points that did not run\n\n" + "\n\n".join(failures))
+    reference = reference_section(out_dir, frame, figures)
+    if reference:
+        sections.append(reference)
     path = Path(out_dir) / "REPORT.md"
     path.write_text("\n\n".join(sections) + "\n")
     return path

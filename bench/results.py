@@ -1,29 +1,27 @@
-"""One long-format CSV of results: one row per (point, metric), written as each point finishes.
+"""Rows of the model results CSV, one per (point, metric), written as each point finishes; and
+any result CSV read back as a DataFrame for the figures and the report.
 
-Rows are keyed by the point (`MODEL_KEY`); writing a point whose key is already in the file
-replaces that point's rows (so `--force` and re-runs of failed points never leave duplicates)
-and leaves every other row alone. Files are rewritten atomically (temporary file + rename).
+Model rows are keyed by the point (`MODEL_KEY`: the PointSpec key fields and the machine, so that a
+row measured elsewhere is never taken for a point done here); writing a point whose key is already
+in the file replaces that point's rows and leaves every other row alone. The columns are
+bench.schema's; the file handling (lock, atomic rewrites, cut last lines) is bench.csvstore's.
 """
 
-import csv
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import csvstore
 from .env import environment, timestamp
+from .errors import CsvFileError
 from .registry import get_family
+from .schema import DONE_STATUSES, MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY, MODEL_REQUIRED, POINT_METRICS
+from .spec import KEY_DEFAULTS, KEY_FIELDS
 
-ENV_COLUMNS = ["gpu", "driver", "cuda", "torch", "triton", "python", "packages", "git_commit",
-               "timestamp", "host"]
-MODEL_COLUMNS = ["family", "model", "size", "patch", "resolution", "tokens", "batch", "mode", "metric",
-                 "unit", "median", "p20", "p80", "n_reps", "status", "error", "backend", "dtype",
-                 "threads", *ENV_COLUMNS]
-MODEL_KEY = ("family", "size", "patch", "resolution", "batch", "mode", "dtype", "gpu")
-STATUSES = ("ok", "OOM", "error", "unavailable")
-DONE_STATUSES = ("ok", "OOM")  # errors are re-run; unavailability is re-checked (it is free)
+NUMERIC_COLUMNS = ("median", "p20", "p80", "n_reps", "resolution", "batch", "patch", "tokens",
+                   "T", "B", "H", "K", "V")
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -33,14 +31,20 @@ def spread(values: Sequence[float]) -> dict:
     return {"median": median, "p20": p20, "p80": p80, "n_reps": len(array)}
 
 
+def point_key(spec, machine: dict) -> tuple:
+    """The CSV key of a point measured on `machine` (a dict with the MACHINE_COLUMNS)."""
+    values = {**{name: getattr(spec, name) for name in KEY_FIELDS}, **machine}
+    return tuple(str(values[column]) for column in MODEL_KEY)
+
+
 def point_rows(spec, result: dict) -> list[dict]:
     """CSV rows of one point: throughput and memory metrics (values empty unless status is ok)."""
     env = environment(spec.device)
-    common = {"family": spec.family, "model": get_family(spec.family).model_name(spec.size, spec.patch),
-              "size": spec.size, "patch": spec.patch, "resolution": spec.resolution,
-              "tokens": spec.tokens_per_image, "batch": spec.batch, "mode": spec.mode,
-              "status": result["status"], "error": result["error"], "backend": result["backend"],
-              "dtype": spec.dtype, "threads": result.get("threads", ""), **env, "timestamp": timestamp()}
+    common = {**{name: getattr(spec, name) for name in KEY_FIELDS},
+              "model": get_family(spec.family).model_name(spec.size, spec.patch),
+              "tokens": spec.tokens_per_image, "status": result["status"], "error": result["error"],
+              "backend": result["backend"], "threads": result.get("threads", ""), **env,
+              "timestamp": timestamp()}
     ok = result["status"] == "ok"
     steps = result["step_seconds"]
     empty = {"median": "", "p20": "", "p80": "", "n_reps": ""}
@@ -67,93 +71,46 @@ def point_rows(spec, result: dict) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------------------ file handling
-
-def read_rows(path: Path) -> tuple[list[str], list[dict]]:
-    """(header, rows as dicts of strings); ([], []) if the file does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return [], []
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        return list(reader.fieldnames or []), list(reader)
+def record(path: Path, rows: list[dict]) -> None:
+    """Add one point's rows to a models CSV (see csvstore.record)."""
+    csvstore.record(path, rows, MODEL_COLUMNS, MODEL_KEY, KEY_DEFAULTS, MODEL_REQUIRED, "models")
 
 
-def write_rows(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> None:
-    """Write the whole file atomically: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def keys_with_status(path: Path, statuses: Sequence[str] = DONE_STATUSES) -> set:
+    """Keys of the points in the file whose throughput row has one of `statuses` and whose every
+    row is there (a point whose last row was cut off is measured again)."""
+    _, rows = csvstore.read(path)
+    metrics, found = {}, set()
+    for row in rows:
+        key = csvstore.row_key(row, MODEL_KEY, KEY_DEFAULTS)
+        metrics.setdefault(key, set()).add(row.get("metric"))
+        if row.get("metric") == "throughput" and row.get("status") in statuses:
+            found.add(key)
+    gpu = MODEL_KEY.index("gpu")
+    return {key for key in found
+            if metrics[key] >= set(POINT_METRICS["cpu" if key[gpu] == "cpu" else "cuda"])}
 
 
-def row_key(row: dict, key: Sequence[str]) -> tuple:
-    return tuple(str(row[column]) for column in key)
-
-
-def record(path: Path, rows: list[dict], columns: Sequence[str] = MODEL_COLUMNS,
-           key: Sequence[str] = MODEL_KEY) -> None:
-    """Add one point's rows: appended (and flushed) if new, else replacing the rows of that key."""
-    path = Path(path)
-    header, existing = read_rows(path)
-    new_keys = {row_key(row, key) for row in rows}
-    if header and list(header) == list(columns) and not any(row_key(r, key) in new_keys for r in existing):
-        with path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore").writerows(rows)
-            handle.flush()
-        return
-    kept = [row for row in existing if row_key(row, key) not in new_keys]
-    all_columns = list(columns) + [c for c in header if c not in columns]
-    write_rows(path, all_columns, kept + rows)
-
-
-def keys_with_status(path: Path, statuses: Sequence[str] = DONE_STATUSES,
-                     key: Sequence[str] = MODEL_KEY) -> set:
-    """Keys of points in the file whose throughput row has one of `statuses`."""
-    _, rows = read_rows(path)
-    return {row_key(row, key) for row in rows if row.get("status") in statuses
-            and row.get("metric") in ("throughput", "time")}
-
-
-def merge_files(paths: Sequence[Path], out: Path, key: Sequence[str] = MODEL_KEY) -> int:
-    """Merge CSVs into `out`; for a key present in several, the latest-timestamp point wins.
-
-    Returns the number of rows written. Ties go to the file named last.
-    """
-    groups: dict[tuple, list[dict]] = {}
-    columns: list[str] = []
-    for path in paths:
-        header, rows = read_rows(path)
-        if not header:
-            raise ValueError(f"CSV file {str(path)!r} does not exist or is empty.")
-        columns += [c for c in header if c not in columns]
-        by_key: dict[tuple, list[dict]] = {}
-        for row in rows:
-            by_key.setdefault(row_key(row, key), []).append(row)
-        for point_key, point in by_key.items():
-            if point_key not in groups or point[0]["timestamp"] >= groups[point_key][0]["timestamp"]:
-                groups[point_key] = point
-    merged = [row for point in groups.values() for row in point]
-    write_rows(out, columns, merged)
-    return len(merged)
-
-
-NUMERIC_COLUMNS = ("median", "p20", "p80", "n_reps", "resolution", "batch", "patch", "tokens",
-                   "T", "B", "H", "K", "V")
-
-
-def load_frame(path: Path) -> pd.DataFrame:
+def load_frame(path: Path, required: Sequence[str] = MODEL_REQUIRED, kind: str = "models") -> pd.DataFrame:
     """The CSV as a DataFrame: text columns as str ("" when empty), value columns as numbers (NaN
-    when empty). ValueError if the file is missing."""
+    when empty). CsvFileError if the file is missing, empty, not this kind of CSV, or holds a value
+    that is no number in a numeric column."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"results file {str(path)!r} does not exist; run a sweep first.")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raise CsvFileError(f"results file {path} does not exist; run a sweep first.")
+    header, rows = csvstore.read(path)
+    csvstore.require_columns(path, header, required, kind)
+    frame = pd.DataFrame(rows, columns=header, dtype=str)
+    for column, default in {**dict.fromkeys([*MACHINE_COLUMNS, "threads"], ""), **KEY_DEFAULTS}.items():
+        if column not in frame:
+            frame[column] = default
     for column in NUMERIC_COLUMNS:
         if column in frame:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+            numbers = pd.to_numeric(frame[column].replace("", np.nan), errors="coerce")
+            bad = numbers.isna() & (frame[column] != "")
+            if bad.any():
+                line = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # 1-based, after the header
+                raise CsvFileError(f"{path} line {line}: {column} is {frame[column][bad].iloc[0]!r}, "
+                                   "not a number.")
+            frame[column] = numbers
     return frame

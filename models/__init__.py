@@ -16,6 +16,8 @@ __all__ = ["MODELS", "BackendUnavailableError", "DiG", "DiT", "count_parameters"
 
 def create_model(name, input_size, **kwargs):
     """Build model `name` for latents of input_size x input_size (32 for 256 px); kwargs go to the factory."""
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string such as 'DiG-S/2', got {name!r}.")
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=5, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -1,4 +1,5 @@
-"""Error metrics shared by the tests: relative error in float64, where NaN or inf never passes."""
+"""Helpers shared by the tests: relative error in float64, where NaN or inf never passes, and the
+random weights that make a zero-initialised model's every branch count."""
 
 import math
 
@@ -23,6 +24,18 @@ def rel_err(out, ref):
     if ref_norm == 0.0:
         return 0.0 if diff_norm == 0.0 else math.inf
     return diff_norm / ref_norm
+
+
+def perturb_zero_init(model, std=0.02):
+    """Give every zero-initialised Linear (adaLN-Zero modulations, the output layer) random weights,
+    and its bias too where that is zero, so that every branch contributes to the output and its
+    gradient; at init these models output exactly 0."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not module.weight.any():
+                module.weight.normal_(std=std)
+                if module.bias is not None and not module.bias.any():
+                    module.bias.normal_(std=std)
 
 
 def assert_close_rel(name, out, ref, tol):

@@ -1,5 +1,6 @@
 """Benchmark harness on stand-in models (tests/test_bench_standins.py), never the real ones:
-CSV schema and units, one fresh process per point, resume, --force, failures as results."""
+CSV schema and units, one fresh process per point, resume on this machine only, --force,
+failures as results, the heartbeat of a long point."""
 
 import os
 import shutil
@@ -8,19 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import registry
-from bench.harness import PointSpec, failed_result
-from bench.results import (
-    MODEL_COLUMNS,
-    STATUSES,
-    keys_with_status,
-    merge_files,
-    point_rows,
-    read_rows,
-    record,
-    spread,
-)
-from bench.sweep import SweepSettings, batch_for, plan, run_sweep
+from bench import cli, csvstore, registry
+from bench.harness import failed_result
+from bench.results import keys_with_status, point_rows, record, spread
+from bench.schema import MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY, POINT_METRICS, STATUSES
+from bench.spec import DEVICE_DEFAULTS, KEY_DEFAULTS, KEY_FIELDS, PointSpec, SweepSettings, batch_for, plan
+from bench.sweep import run_sweep
 
 STANDINS = Path(__file__).with_name("test_bench_standins.py")
 registry.load_plugin(STANDINS)
@@ -35,6 +29,14 @@ def settings(families, resolutions, **overrides) -> SweepSettings:
     return SweepSettings(**options)
 
 
+def sweep(settings: SweepSettings, csv_path, **options) -> dict:
+    return run_sweep(settings, csv_path, plan(settings), progress=False, **options)
+
+
+def read_rows(csv_path):
+    return csvstore.read(csv_path)
+
+
 def points(csv_path) -> dict:
     """{(family, resolution): {metric: row}} of a results CSV."""
     table = {}
@@ -47,7 +49,7 @@ def points(csv_path) -> dict:
 def measured_csv(tmp_path_factory):
     """StandIn-S/2 at 64 and 128 px, measured once for the tests of this module."""
     csv_path = tmp_path_factory.mktemp("sweep") / "models.csv"
-    counts = run_sweep(settings(["StandIn"], [64, 128]), csv_path, progress=False)
+    counts = sweep(settings(["StandIn"], [64, 128]), csv_path)
     assert counts == {"planned": 2, "skipped": 0, "measured": 2, "left": 0}
     return csv_path
 
@@ -59,7 +61,7 @@ def test_rows_have_the_schema_units_and_values_of_a_cpu_point(measured_csv):
     assert set(table) == {("StandIn", 64), ("StandIn", 128)}
     expected_params = sum(p.numel() for p in StandInModel(8).parameters())
     for (_, resolution), metrics in table.items():
-        assert set(metrics) == {"throughput", "peak_mem_rss", "n_params"}
+        assert set(metrics) == set(POINT_METRICS["cpu"]) == {"throughput", "peak_mem_rss", "n_params"}
         speed, memory = metrics["throughput"], metrics["peak_mem_rss"]
         assert (speed["unit"], memory["unit"], metrics["n_params"]["unit"]) == ("img/s", "GiB", "count")
         assert float(speed["p20"]) <= float(speed["median"]) <= float(speed["p80"])
@@ -69,10 +71,11 @@ def test_rows_have_the_schema_units_and_values_of_a_cpu_point(measured_csv):
         assert float(metrics["n_params"]["median"]) == expected_params
         row = metrics["throughput"]
         fields = (row["status"], row["error"], row["batch"], row["mode"], row["dtype"])
-        assert fields == ("ok", "", "2", "train", "bf16")
+        assert fields == ("ok", "", "2", "train", "fp32")  # the CPU's default dtype
         assert int(row["tokens"]) == (resolution // 8 // 2) ** 2
         assert (row["gpu"], row["torch"], row["model"]) == ("cpu", torch.__version__, "StandIn-S/2")
         assert row["timestamp"] and row["host"] and row["git_commit"]
+        assert "logical cores)" in row["cpu"]  # the CPU model is part of the machine, so of the key
 
 
 def test_every_point_runs_in_its_own_fresh_process(measured_csv):
@@ -85,12 +88,12 @@ def test_resume_skips_measured_points_and_force_replaces_only_them(measured_csv,
     csv_path = tmp_path / "models.csv"
     shutil.copy(measured_csv, csv_path)
     before = csv_path.read_bytes()
-    counts = run_sweep(settings(["StandIn"], [64, 128]), csv_path, progress=False)
+    counts = sweep(settings(["StandIn"], [64, 128]), csv_path)
     assert counts == {"planned": 2, "skipped": 2, "measured": 0, "left": 0}
     assert csv_path.read_bytes() == before
 
     old = points(csv_path)
-    counts = run_sweep(settings(["StandIn"], [64], force=True), csv_path, progress=False)
+    counts = sweep(settings(["StandIn"], [64], force=True), csv_path)
     assert counts["measured"] == 1
     new = points(csv_path)
     assert len(read_rows(csv_path)[1]) == 6  # replaced, no duplicates, nothing else dropped
@@ -102,7 +105,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     csv_path = tmp_path / "models.csv"
     families = ["StandIn-OOM", "StandIn-RuntimeOOM", "StandIn-Error", "StandIn-Unavailable",
                 "StandIn-Missing", "StandIn"]
-    run_sweep(settings(families, [128]), csv_path, progress=False)
+    sweep(settings(families, [128]), csv_path)
     table = points(csv_path)
     status = {family: table[(family, 128)]["throughput"]["status"] for family in families}
     assert status == {"StandIn-OOM": "OOM", "StandIn-RuntimeOOM": "OOM", "StandIn-Error": "error",
@@ -118,16 +121,47 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
 
     # OOM is a result (kept); an error is re-run, unavailability re-checked.
     assert len(keys_with_status(csv_path)) == 3
-    counts = run_sweep(settings(families, [128]), csv_path, progress=False)
+    counts = sweep(settings(families, [128]), csv_path)
     assert (counts["skipped"], counts["measured"]) == (3, 3)
     assert len(read_rows(csv_path)[1]) == 6 * 3
 
 
-def test_a_hanging_point_is_killed_at_its_timeout(tmp_path):
+def test_a_hanging_point_is_killed_at_its_timeout_with_a_heartbeat_meanwhile(tmp_path, capsys):
     csv_path = tmp_path / "models.csv"
-    run_sweep(settings(["StandIn-Slow"], [64], timeout_s=4.0), csv_path, progress=False)
+    sweep(settings(["StandIn-Slow"], [64], timeout_s=4.0), csv_path, heartbeat_s=1.0)
     row = points(csv_path)[("StandIn-Slow", 64)]["throughput"]
     assert (row["status"], row["error"]) == ("error", "timed out after 4 s (per-point --timeout)")
+    err = capsys.readouterr().err  # off a terminal, a line per heartbeat while the point runs
+    assert "StandIn-Slow-S/2 64px b2 train fp32: running for 1 s (limit 4 s)" in err
+    assert "StandIn-Slow-S/2 64px b2 train fp32: error: timed out after 4 s" in err
+
+
+def test_resume_counts_only_this_machines_rows(measured_csv, tmp_path):
+    csv_path = tmp_path / "models.csv"
+    header, rows = read_rows(measured_csv)
+    elsewhere = [dict(row, host="another-host") for row in rows]  # same GPU and CPU names, other host
+    unknown = [dict(row, cpu="") for row in rows]  # written before the cpu column: an unknown machine
+    csvstore.write(csv_path, header, elsewhere + unknown)
+    counts = sweep(settings(["StandIn"], [64, 128]), csv_path)
+    assert (counts["skipped"], counts["measured"]) == (0, 2)
+    assert len(read_rows(csv_path)[1]) == 18  # every machine's rows are kept, side by side
+    assert set(MACHINE_COLUMNS) <= set(MODEL_KEY)
+
+
+def test_every_key_field_is_a_column_and_step_defaults_have_one_home():
+    assert set(KEY_FIELDS) <= set(MODEL_COLUMNS) and MODEL_KEY[:len(KEY_FIELDS)] == KEY_FIELDS
+    spec = PointSpec("StandIn", "S", 2, 64, batch=1, device="cpu")
+    for name in ("warmup", "min_reps", "max_reps", "threads", "dtype"):
+        assert getattr(spec, name) == DEVICE_DEFAULTS["cpu"][name]
+    assert KEY_DEFAULTS == {"mode": "train"}  # a row written before a key field existed takes these
+
+
+def test_a_cli_sweep_plans_once(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "plan", lambda settings: calls.append(settings) or plan(settings))
+    argv = ["sweep", "--plugin", str(STANDINS), "--models", "StandIn-Unavailable", "--resolutions", "64",
+            "--device", "cpu", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(argv) == 0 and len(calls) == 1
 
 
 def test_token_budget_sets_the_batch_per_resolution():
@@ -154,13 +188,14 @@ def test_point_rows_compute_images_per_second_and_gib(monkeypatch):
     assert rows["throughput"]["p20"] == pytest.approx(spread([4.0, 8.0, 8.0])["p20"])
     assert rows["peak_mem_rss"]["median"] == 0.5
 
-    env = {"gpu": "NVIDIA H200", "driver": "1", "cuda": "13.0", "torch": "2.11", "triton": "3.6",
-           "python": "3.12", "packages": "{}", "git_commit": "abc", "host": "h"}
+    env = {"gpu": "NVIDIA H200", "cpu": "Intel Xeon (16 logical cores)", "driver": "1", "cuda": "13.0",
+           "torch": "2.11", "triton": "3.6", "python": "3.12", "packages": "{}", "git_commit": "abc",
+           "host": "h"}
     monkeypatch.setattr("bench.results.environment", lambda device: env)
     cuda = PointSpec("StandIn", "S", 2, 64, batch=2, device="cuda")
     rows = {row["metric"]: row for row in point_rows(
         cuda, fake_result([0.5], peak_mem_alloc_gib=3.0, nvml_error="NVMLError: not found"))}
-    assert set(rows) == {"throughput", "peak_mem_alloc", "peak_mem_nvml", "n_params"}
+    assert set(rows) == set(POINT_METRICS["cuda"])  # what keys_with_status needs to call a point done
     assert (rows["peak_mem_alloc"]["unit"], rows["peak_mem_alloc"]["median"]) == ("GiB", 3.0)
     assert (rows["peak_mem_nvml"]["status"], rows["peak_mem_nvml"]["error"]) == ("unavailable",
                                                                                 "NVML: NVMLError: not found")
@@ -180,7 +215,7 @@ def test_record_replaces_one_point_and_merge_keeps_the_latest_run(tmp_path):
     record(second, later)
     record(second, point_rows(c, fake_result([0.5])))
     merged = tmp_path / "merged.csv"
-    assert merge_files([first, second], merged) == 9
+    assert csvstore.merge([first, second], merged, MODEL_KEY, KEY_DEFAULTS) == 9
     table = points(merged)
     assert set(table) == {("StandIn", 64), ("StandIn", 128), ("StandIn", 256)}
     assert table[("StandIn", 64)]["throughput"]["median"] == "8.0"  # the later run of 64 px won

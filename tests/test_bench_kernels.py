@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from bench import kernel_providers
+from bench.csvstore import read as read_rows
+from bench.kernel_bench import KernelRun, KernelSettings
 from bench.kernel_providers import (
     attention_bytes_per_token_head,
     errors_against_reference,
@@ -14,12 +16,14 @@ from bench.kernel_providers import (
     make_inputs,
     relative_error,
 )
-from bench.kernels import KERNEL_COLUMNS, KernelRun, KernelSettings
-from bench.results import load_frame, read_rows
+from bench.results import load_frame
+from bench.schema import KERNEL_COLUMNS, KERNEL_REQUIRED
+from bench.spec import KERNEL_PROVIDERS
 
 
-def test_hbm_floor_bytes_match_the_anchor():
-    # ANCHORS.md: 1216 bytes per token and head forward + backward, K=32, V=64, bf16.
+def test_hbm_floor_bytes_match_the_h200_anchor():
+    # Forward + backward reads q, k, g, v, do and writes o, dq, dk, dg, dv: 1216 bytes per token and
+    # head at K=32, V=64, bf16, 0.96 GB for B*T = 131072 and H = 6 (0.24 ms at the H200's 4.0 TB/s).
     assert gla_bytes_per_token_head(32, 64, 2, "fwd+bwd") == 1216
     assert gla_bytes_per_token_head(32, 64, 2, "fwd") == 2 * (3 * 32 + 2 * 64)  # q, k, g, v in; o out
     assert attention_bytes_per_token_head(64, 2, "fwd") == 2 * 4 * 64
@@ -64,7 +68,7 @@ def test_cpu_run_writes_timings_with_errors_and_reasons(tmp_path, monkeypatch, o
     csv_path = tmp_path / "kernels.csv"
     KernelRun(settings, csv_path).run(progress=lambda line: None)
     assert read_rows(csv_path)[0] == KERNEL_COLUMNS
-    frame = load_frame(csv_path)
+    frame = load_frame(csv_path, KERNEL_REQUIRED, "kernels")
     ours = frame[(frame["provider"] == "ours-torch") & (frame["mode"] == "fwd+bwd") & (frame["T"] == 64)]
     metrics = dict(zip(ours["metric"], ours["median"]))
     assert set(metrics) == {"time", "bandwidth", "floor_ratio", "rel_err_o", "rel_err_grads"}
@@ -82,3 +86,7 @@ def test_cpu_run_writes_timings_with_errors_and_reasons(tmp_path, monkeypatch, o
     assert status("ours-triton", 32) == ("unavailable", triton_reason)
     assert status("sdpa-cudnn", 32) == ("unavailable", "needs a CUDA GPU")
     assert (frame["provider"] == "hbm-floor").sum() == 4 and (frame["provider"] == "device-copy").sum() == 1
+
+
+def test_the_cli_knows_every_provider_without_importing_them():
+    assert tuple(provider.name for provider in kernel_providers.PROVIDERS) == KERNEL_PROVIDERS

@@ -1,18 +1,24 @@
 """Figures, claims and REPORT.md from a fixture CSV written here (values chosen so each claim's
-expected number is known), plus a kernel CSV from a tiny CPU run of the kernel benchmark."""
+expected number is known), plus a kernel CSV from a tiny CPU run of the kernel benchmark; one
+machine per figure and report, the reference results beside a new run."""
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bench import claims, figures
+from bench import claims, figures, report
 from bench.cli import main
-from bench.kernels import KernelRun, KernelSettings
-from bench.results import MODEL_COLUMNS, load_frame, write_rows
+from bench.csvstore import write as write_rows
+from bench.kernel_bench import KernelRun, KernelSettings
+from bench.results import load_frame
+from bench.schema import MODEL_COLUMNS
 
 ENV = {"gpu": "NVIDIA H200", "driver": "580.65", "cuda": "13.0", "torch": "2.11.0+cu130", "triton": "3.6.0",
        "python": "3.12.3", "packages": "{}", "git_commit": "abc1234", "host": "gpu-host",
        "timestamp": "2026-11-22T10:00:00+00:00"}
 PREFIX = {"DiT": "DiT", "Flash-DiT": "DiT", "DiS": "DiS", "DiG": "DiG"}
+STANDINS = Path(__file__).with_name("test_bench_standins.py")
 MAMBA, REFERENCE = "scan=mamba_ssm selective_scan_fn", "scan=reference (PyTorch)"
 
 
@@ -95,12 +101,12 @@ def load_frame_from_rows(rows):
 
 def test_reference_scan_rows_get_their_own_label():
     row = {"family": "DiS", "backend": REFERENCE}
-    assert figures.series_name(row) == "DiS (reference scan: not the DiS speed)"
+    assert figures.series_name(row) == "DiS (reference scan, not the DiS speed)"
     assert figures.series_name({"family": "DiS", "backend": MAMBA}) == "DiS"
 
 
 def test_report_command_writes_figures_and_the_claims_table(results_dir, capsys):
-    assert main(["report", "--out", str(results_dir), "--device", "cpu"]) == 0
+    assert main(["report", "--out", str(results_dir)]) == 0
     for name in ("fig2.png", "fig3.png", "kernels.png", "REPORT.md"):
         path = results_dir / name
         assert path.exists() and path.stat().st_size > 1000, name
@@ -110,14 +116,15 @@ def test_report_command_writes_figures_and_the_claims_table(results_dir, capsys)
     assert "![Fig. 2: S/2 training speed and memory vs resolution](fig2.png)" in report
     assert "## Measurement protocol" in report and "NVIDIA H200" in report
     assert "(CPU run: CPU numbers" not in report  # the fixture is a GPU run
-    assert "DiS (reference scan)" in report  # its table row is labelled, never plain "DiS"
+    assert "| DiS (reference scan, not the DiS speed) |" in report  # the figures' label, never plain "DiS"
+    assert "# DiG efficiency benchmark on NVIDIA H200, host gpu-host" in report
     assert "T=32" in report and "chunk_gla_torch float64" in report  # kernel table and its reference
     assert "sdpa-flash" in report and "needs a CUDA GPU" in report  # unavailable provider listed with reason
 
 
 def test_plot_draws_only_what_the_csv_holds(tmp_path):
     write_rows(tmp_path / "models.csv", MODEL_COLUMNS, point("DiG", "S", 256, 4, 60.0, 1.0))
-    assert main(["plot", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert main(["plot", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "fig2.png").exists()
     assert not (tmp_path / "fig3.png").exists()  # no 1024/2048 rows: no Fig. 3
 
@@ -146,13 +153,65 @@ def test_fig2_draws_the_sweeps_batch_not_a_side_point(tmp_path, monkeypatch):
     rows += point("DiG", "S", 1792, 1, 13.0, 4.0)  # a claim's side point at batch 1
     write_rows(tmp_path / "models.csv", MODEL_COLUMNS, rows)
     titles = []
-    pick = figures.pick_batch
+    pick = figures.figure_batch
 
     def recording_pick(*args):
         rows, title = pick(*args)
         titles.append(title)
         return rows, title
 
-    monkeypatch.setattr(figures, "pick_batch", recording_pick)
-    assert main(["plot", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    monkeypatch.setattr(figures, "figure_batch", recording_pick)
+    assert main(["plot", "--out", str(tmp_path)]) == 0
     assert titles[0] == "batch 4"
+
+
+def test_a_figure_without_a_point_that_ran_is_not_drawn(tmp_path, capsys):
+    rows = [dict(row, status="error", error="timed out", median="", p20="", p80="")
+            for row in point("DiG", "S", 256, 4, 60.0, 1.0)]
+    write_rows(tmp_path / "models.csv", MODEL_COLUMNS, rows)
+    assert figures.fig2(load_frame(tmp_path / "models.csv"), tmp_path / "fig2.png") is None
+    assert main(["plot", "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "fig2.png").exists()
+    assert main(["fig2", "--plugin", str(STANDINS), "--models", "StandIn-Unavailable", "--resolutions", "64",
+                 "--device", "cpu", "--out", str(tmp_path), "--time-budget", "1e-9"]) == 0  # a spent budget
+    assert "not drawn: Fig. 2 (no point of it ran" in capsys.readouterr().out
+    assert not (tmp_path / "fig2.png").exists()
+
+
+def test_figures_claims_and_report_never_mix_machines(tmp_path, capsys):
+    ours = fixture_rows()
+    elsewhere = [dict(row, host="other-host", median=row["median"] and 2 * row["median"])
+                 for row in point("DiG", "S", 1792, 4, 100.0, 1.0) + point("DiT", "S", 1792, 4, 5.0, 1.0)]
+    write_rows(tmp_path / "models.csv", MODEL_COLUMNS, ours + elsewhere)
+    rows, left_out = figures.one_machine(load_frame(tmp_path / "models.csv"))
+    assert set(rows["host"]) == {"gpu-host"}
+    assert left_out == "not shown: 4 rows of NVIDIA H200, host other-host"
+    assert claim_result(rows, "DiG-S/2 is 2.5x")["measured"] == "2.50x"  # this machine's 50 vs 20 img/s
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "not shown: 4 rows of NVIDIA H200, host other-host" in text
+    assert "| DiG-S/2 is 2.5x faster than DiT-S/2 at 1792x1792 | 2.5x | 2.50x | holds |" in text
+
+
+def test_rows_without_a_recorded_commit_say_so():
+    frame = load_frame_from_rows(point("DiG", "S", 256, 4, 60.0, 1.0)).assign(git_commit=["none", "abc1234"])
+    assert report.commit_summary(frame) == ("none (1 rows: not recorded: measured from a copy of the tree "
+                                            "without .git); abc1234 (1 rows)")
+
+
+def test_a_new_run_shows_the_reference_results_beside_its_own(tmp_path, monkeypatch):
+    reference, new = tmp_path / "reports" / "cpu", tmp_path / "results"
+    write_rows(reference / "models.csv", MODEL_COLUMNS,
+               [dict(row, host="ref-host") for row in point("DiG", "S", 256, 4, 30.0, 1.0)])
+    (reference / "fig2.png").write_bytes(b"png")
+    write_rows(new / "models.csv", MODEL_COLUMNS, point("DiG", "S", 256, 4, 60.0, 1.0))
+    monkeypatch.setattr(report, "REFERENCE_DIR", tmp_path / "reports")
+    assert main(["report", "--out", str(new)]) == 0
+    text = (new / "REPORT.md").read_text()
+    assert "**NVIDIA H200, host ref-host** (`../reports/cpu/`, measured 2026-11-22 .. 2026-11-22" in text
+    assert "| DiG-S/2 256px b4 train bf16 | 60 | 30 | 2.00 |" in text
+    assert "| ![Fig. 2: S/2 training speed and memory vs resolution](fig2.png) | ![Fig. 2: S/2 training " \
+           "speed and memory vs resolution, reference](../reports/cpu/fig2.png) |" in text
+    monkeypatch.setattr(report, "REFERENCE_DIR", new.parent / "results")  # a report of the references
+    assert main(["report", "--out", str(new)]) == 0
+    assert "Reference results" not in (new / "REPORT.md").read_text()

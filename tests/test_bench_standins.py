@@ -4,11 +4,13 @@ Tiny models with the diffusion models' interface (forward(x [N, 4, I, I], t [N],
 [N, 8, I, I], attribute backend_description), so the harness tests never depend on `models`.
 Some fail on purpose, the way real runs fail: out of memory from a given input size, an
 unrelated error, a missing backend, a hang. backend_description carries the process id, so a
-test can check that every point ran in a fresh process. (No tests in this file.)
+test can check that every point ran in a fresh process. A stand-in about to sleep touches the file
+named by $STANDIN_SLEEP_MARKER, if set, so a test knows its point is running. (No tests in this file.)
 """
 
 import os
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,6 +37,8 @@ class StandInModel(nn.Module):
     def forward(self, x, t, y):
         if self.failure is not None and x.shape[-1] >= self.fail_from:
             raise self.failure
+        if self.sleep_s and os.environ.get("STANDIN_SLEEP_MARKER"):
+            Path(os.environ["STANDIN_SLEEP_MARKER"]).touch()
         time.sleep(self.sleep_s)
         return self.conv(x) + self.label(y)[:, :, None, None] + 1e-3 * t[:, None, None, None].float()
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import models
+from helpers import perturb_zero_init
 from models import BackendUnavailableError, count_parameters, create_model
 from models.dig import DiG
 from models.dit import DiT
@@ -24,16 +25,6 @@ def random_batch(n, input_size, num_classes=1000):
     """Fresh random latents, timesteps and labels."""
     return (torch.randn(n, 4, input_size, input_size), torch.randint(0, 1000, (n,)),
             torch.randint(0, num_classes, (n,)))
-
-
-def perturb_zero_init(model, std=0.02):
-    """Give the adaLN-Zero and zero-initialised output layers random weights so every branch contributes."""
-    layers = [block.adaLN_modulation[-1] for block in model.blocks]
-    layers += [model.final_layer.adaLN_modulation[-1], model.final_layer.linear]
-    with torch.no_grad():
-        for layer in layers:
-            layer.weight.normal_(std=std)
-            layer.bias.normal_(std=std)
 
 
 def test_parameter_counts_match_published():

@@ -5,6 +5,7 @@ import importlib.util
 import pytest
 import torch
 
+from helpers import perturb_zero_init, rel_err
 from models import MODELS, create_model
 
 pytestmark = [pytest.mark.gpu,
@@ -12,14 +13,6 @@ pytestmark = [pytest.mark.gpu,
 
 INPUT_SIZE = 32  # 256 px images -> 32 x 32 latents
 BATCH = 2
-
-
-def perturb_zero_init(model, std=0.02):
-    """Give every zero-initialised Linear (adaLN-Zero, output layer) random weights so every branch trains."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and not module.weight.any():
-                module.weight.normal_(std=std)
 
 
 def random_batch(seed=0):
@@ -84,10 +77,6 @@ def test_every_backend_trains(name, kwargs):
     assert torch.isfinite(torch.tensor(bf16_training_step(model)))
 
 
-def relative_error(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
 FLA_MISSING = importlib.util.find_spec("fla") is None
 
 
@@ -103,10 +92,10 @@ def test_triton_and_fla_gla_agree_inside_dig_s2():
         model.load_state_dict(reference.state_dict())
         with torch.autocast("cuda", dtype=torch.bfloat16):
             outputs[backend] = model(x, t, y)
-    errors = {backend: relative_error(out, expected) for backend, out in outputs.items()}
+    errors = {backend: rel_err(out, expected) for backend, out in outputs.items()}
     print(f"relative error vs fp32 torch backend: {errors}; triton vs fla: "
-          f"{relative_error(outputs['triton'], outputs['fla']):.2e}")
+          f"{rel_err(outputs['triton'], outputs['fla']):.2e}")
     # bf16 keeps 8 mantissa bits (3.9e-3 relative per rounding); through 12 blocks the model output
     # stays near 1e-3, so 1e-2 flags a kernel that is wrong, not one that rounds differently.
-    assert relative_error(outputs["triton"], outputs["fla"]) < 1e-2
+    assert rel_err(outputs["triton"], outputs["fla"]) < 1e-2
     assert errors["triton"] < 2 * errors["fla"] + 1e-3, "triton should be no less accurate than fla"

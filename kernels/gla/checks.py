@@ -43,6 +43,9 @@ def check_gla_inputs(q, k, v, g, initial_state=None, scale=None, chunk_size=None
     B, T, H, K = q.shape
     if T < 1:
         raise ValueError(f"q must hold at least one token (T >= 1), got T={T}.")
+    for what, size in (("a batch (B >= 1)", B), ("a head (H >= 1)", H), ("a key dimension (K >= 1)", K)):
+        if size < 1:  # the chunked and Triton paths cannot split an empty dimension into chunks
+            raise ValueError(f"q must have at least {what}, got shape {tuple(q.shape)} [B, T, H, K].")
     if k.shape != q.shape:
         raise ValueError(f"k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}.")
     if g.shape != q.shape:
@@ -50,6 +53,8 @@ def check_gla_inputs(q, k, v, g, initial_state=None, scale=None, chunk_size=None
     if v.shape[:3] != (B, T, H):
         raise ValueError(f"v must have shape [B={B}, T={T}, H={H}, V], got {tuple(v.shape)}.")
     V = v.shape[3]
+    if V < 1:
+        raise ValueError(f"v must have a value dimension V >= 1, got shape {tuple(v.shape)} [B, T, H, V].")
     if initial_state is not None:
         if not isinstance(initial_state, torch.Tensor):
             raise ValueError("initial_state must be a torch.Tensor or None.")

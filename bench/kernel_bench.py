@@ -1,7 +1,7 @@
 """Kernel benchmark: GLA forward and forward+backward (ours, fla, naive) against SDPA attention.
 
-Shapes as ANCHORS.md: H=6, K=32, V=64 (DiG's head dims), bf16, B*T = 131072 tokens, T from 256
-to 65536; attention uses head dim 64, non-causal, the same B, T, H. Each timing (do_bench median
+Shapes of DiG-S/2: H=6, K=32, V=64 (the head dims of every DiG size), bf16, B*T = 131072 tokens, T
+from 256 to 65536; attention uses head dim 64, non-causal, the same B, T, H. Each timing (do_bench median
 and p20/p80 on CUDA) sits beside the relative error of o (and of the gradients for fwd+bwd)
 against a float64 reference, the achieved GB/s of the bytes that must move, the ratio to the
 HBM floor (those bytes over the device-to-device copy bandwidth measured at the start of the
@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import csvstore
 from .env import environment, timestamp
-from .harness import is_out_of_memory
+from .errors import one_line
 from .kernel_providers import (
     ATTENTION_HEAD_DIM,
     PROVIDERS,
@@ -26,22 +27,24 @@ from .kernel_providers import (
     gla_bytes_per_token_head,
     make_inputs,
 )
-from .results import ENV_COLUMNS, record
+from .point import is_out_of_memory
+from .schema import KERNEL_COLUMNS, KERNEL_KEY, KERNEL_REQUIRED
+from .spec import KERNEL_LENGTHS, KERNEL_TOKENS
 
-KERNEL_COLUMNS = ["provider", "impl", "mode", "T", "B", "H", "K", "V", "dtype", "metric", "unit", "median",
-                  "p20", "p80", "status", "error", "reference", *ENV_COLUMNS]
-KERNEL_KEY = ("provider", "mode", "T", "B", "H", "K", "V", "dtype", "gpu")
-LENGTHS = (256, 1024, 4096, 9216, 12544, 16384, 65536)  # 256..2048 px at patch 2, plus 4096 px
-TOKENS = 131072
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MODES = ("fwd", "fwd+bwd")
+
+
+def record(path: Path, rows: list) -> None:
+    """Add rows to a kernels CSV (see csvstore.record)."""
+    csvstore.record(path, rows, KERNEL_COLUMNS, KERNEL_KEY, required=KERNEL_REQUIRED, kind="kernels")
 
 
 @dataclass
 class KernelSettings:
     device: str
-    lengths: tuple = LENGTHS
-    tokens: int = TOKENS
+    lengths: tuple = KERNEL_LENGTHS
+    tokens: int = KERNEL_TOKENS
     H: int = 6
     K: int = 32
     V: int = 64
@@ -144,17 +147,17 @@ class KernelRun:
         bandwidth = copy_bandwidth_gbps(s.device)
         written.append(self.row("device-copy", "torch copy_ (bytes read + written)", "copy", 0, "bandwidth",
                                 "GB/s", bandwidth))
-        record(self.csv_path, written[-1:], KERNEL_COLUMNS, KERNEL_KEY)
+        record(self.csv_path, written[-1:])
         providers = [p for p in PROVIDERS if s.providers is None or p.name in s.providers]
         for T in s.lengths:
             for mode in s.modes:
                 floor_ms = self.bytes_moved("gla", mode, T) / (bandwidth * 1e9) * 1e3
                 rows = [self.row("hbm-floor", "GLA bytes / copy bandwidth", mode, T, "time", "ms", floor_ms)]
-                record(self.csv_path, rows, KERNEL_COLUMNS, KERNEL_KEY)
+                record(self.csv_path, rows)
                 written += rows
                 for provider in providers:
                     rows = self.measure_safely(provider, mode, T, bandwidth)
-                    record(self.csv_path, rows, KERNEL_COLUMNS, KERNEL_KEY)
+                    record(self.csv_path, rows)
                     written += rows
                     first = rows[0]
                     result = f"{first['median']:.3f} ms" if first["status"] == "ok" else first["error"]
@@ -172,8 +175,7 @@ class KernelRun:
             return self.measure(provider, mode, T, bandwidth)
         except Exception as error:  # recorded with its message; the run goes on
             status = "OOM" if is_out_of_memory(error) else "error"
-            message = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"[:300]
-            return [self.row(name, impl, mode, T, "time", "ms", status=status, error=message)]
+            return [self.row(name, impl, mode, T, "time", "ms", status=status, error=one_line(error))]
         finally:
             if self.settings.device == "cuda":
                 torch.cuda.empty_cache()  # an OOM'd provider must not shrink the next one's memory

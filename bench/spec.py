@@ -1,0 +1,179 @@
+"""What to measure, without importing torch: one point, a sweep's settings, the grids of the jobs.
+
+The command line checks everything here before it imports torch or starts a point, so a mistake
+is answered in a fraction of a second and nothing is measured for nothing.
+"""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .registry import SIZES, get_family
+
+MODES = ("train", "infer")
+DTYPES = ("bf16", "fp16", "fp32")  # autocast dtypes; weights and optimizer state stay fp32
+
+# How points run, per device. GPU: >= 10 steps and >= 2 s, so a 40 ms step (S at 256) gets 50
+# samples and a 1.5 s step (XL at 2048) 10. CPU: the main job must measure all its points within 3
+# minutes on 2 cores, where a point's process spends ~5 s starting (torch, torch._dynamo for the
+# optimizer) before its first step, so 1 warm-up + 2 timed steps. fp32 on CPU: this AVX2 CPU has no
+# bf16 arithmetic, and a DiT-S/2 step at 256 px took 11.8 s under bf16 autocast against 1.1 s in
+# fp32 (0.085 vs 0.88 img/s). One intra-op thread: on 2 shared cores PyTorch's spinning OpenMP
+# threads made a DiT-S/2 step at 64 px take 2.5-6.7 s instead of 0.35 s. 60 s per point: the
+# slowest point of the CPU job, DiS at 64 px, took 11 s (DiS at 128 px: 26 s).
+DEVICE_DEFAULTS = {
+    "cuda": {"warmup": 3, "min_reps": 10, "min_time_s": 2.0, "max_reps": 100, "timeout_s": 600.0,
+             "threads": 0, "dtype": "bf16"},
+    "cpu": {"warmup": 1, "min_reps": 2, "min_time_s": 0.0, "max_reps": 2, "timeout_s": 60.0,
+            "threads": 1, "dtype": "fp32"},
+}
+
+# ---------------------------------------------------------------------------------- the grids
+
+FIG2_RESOLUTIONS = tuple(range(256, 2049, 256))
+FIG2_BATCH = 4  # S/2 at batch 4: DiT with materialised attention runs up to 1280 px on an H200, then OOM
+FIG3_BATCH = {1024: 4, 2048: 2}  # batch 2 at 2048 keeps DiT-XL/2 with FlashAttention in memory
+# The CPU main job, batch 1: 10 points, 68 s of points on 2 idle cores (5-11 s each), 1.5-2x that
+# while other jobs share the cores. DiS runs at 64 px only: its PyTorch reference scan (not the DiS
+# speed, labelled so) took 26 s for a point at 128 px (50 s on the loaded machine) and 85 s at 256.
+CPU_GRID = {"DiT": (64, 128, 256), "DiT-SDPA": (64, 128, 256), "DiG": (64, 128, 256), "DiS": (64,)}
+CPU_BATCH = 1
+# It starts no point after 110 s, so that with the 60 s limit of the point still running and the
+# report (~10 s) it ends within 3 minutes however loaded the machine is.
+CPU_TIME_BUDGET_S = 110.0
+
+# The kernel benchmark's grid (bench/kernel_bench.py): T of 256..2048 px at patch 2, and 4096 px.
+KERNEL_LENGTHS = (256, 1024, 4096, 9216, 12544, 16384, 65536)
+KERNEL_TOKENS = 131072  # B * T, fixed
+KERNEL_PROVIDERS = ("fla", "ours-triton", "ours-torch", "naive", "sdpa-flash", "sdpa-cudnn")
+
+
+def key_field(default=None, **kwargs):
+    """A PointSpec field that identifies the point: a column of the CSV and part of its row key."""
+    return field(default=default, metadata={"key": True}, **kwargs)
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """One measurement: a model at one resolution, batch, mode and dtype, with its step counts.
+
+    Fields made with key_field() identify the point in the CSV (with the machine, see
+    bench.results.MODEL_KEY); a new dimension of the sweep is one more key_field here. Step
+    settings left None take the device's DEVICE_DEFAULTS.
+    """
+
+    family: str = key_field()
+    size: str = key_field()
+    patch: int = key_field()
+    resolution: int = key_field()
+    batch: int = key_field()
+    mode: str = key_field("train")
+    dtype: str | None = key_field()
+    device: str = "cpu"
+    warmup: int | None = None
+    min_reps: int | None = None
+    min_time_s: float | None = None
+    max_reps: int | None = None
+    threads: int | None = None  # torch intra-op threads; 0 leaves torch's default (all cores)
+    plugins: tuple = ()
+
+    def __post_init__(self):
+        for name, default in DEVICE_DEFAULTS[self.device].items():
+            if name in self.__dataclass_fields__ and getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // 8  # the VAE downsamples by 8
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.latent_size // self.patch) ** 2
+
+    def label(self) -> str:
+        return (f"{self.family}-{self.size}/{self.patch} {self.resolution}px b{self.batch} {self.mode} "
+                f"{self.dtype}")
+
+
+KEY_FIELDS = tuple(f.name for f in fields(PointSpec) if f.metadata.get("key"))
+# What a row written before a key field existed stands for (rows never lack the others).
+KEY_DEFAULTS = {f.name: str(f.default) for f in fields(PointSpec) if f.metadata.get("key")
+                and f.default is not None}
+
+
+def check_point_args(resolution: int, patch: int, batch: int) -> None:
+    """ValueError naming the argument if a point cannot be built."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}.")
+    if patch < 1:
+        raise ValueError(f"patch must be at least 1, got {patch}.")
+    if resolution < 8 * patch or resolution % (8 * patch):
+        raise ValueError(f"resolution {resolution} must be a positive multiple of 8 * patch = {8 * patch} "
+                         "(VAE factor 8 times the patch size).")
+
+
+def batch_for(resolution: int, patch: int, batch: int | None, tokens: int | None) -> int:
+    """The given batch, or max(1, tokens // tokens_per_image) in fixed-token-budget mode."""
+    if (batch is None) == (tokens is None):
+        raise ValueError("give exactly one of batch or tokens.")
+    if tokens is not None:
+        if tokens < 1:
+            raise ValueError(f"tokens must be at least 1, got {tokens}.")
+        return max(1, tokens // ((resolution // 8 // patch) ** 2))
+    return batch
+
+
+@dataclass
+class SweepSettings:
+    """What to measure and how. batch or tokens (fixed token budget per step) must be given, not
+    both; settings left None take the device's DEVICE_DEFAULTS."""
+
+    families: tuple
+    sizes: tuple
+    resolutions: tuple
+    device: str
+    patch: int = 2
+    modes: tuple = ("train",)
+    batch: int | None = None
+    tokens: int | None = None
+    dtype: str | None = None
+    warmup: int | None = None
+    min_reps: int | None = None
+    min_time_s: float | None = None
+    max_reps: int | None = None
+    timeout_s: float | None = None
+    threads: int | None = None
+    force: bool = False
+    plugins: tuple = ()
+    time_budget_s: float | None = None
+
+    def setting(self, name: str):
+        """A setting, or the device default when it is not set."""
+        value = getattr(self, name)
+        return DEVICE_DEFAULTS[self.device][name] if value is None else value
+
+
+def check_grid(settings: SweepSettings) -> None:
+    """ValueError naming the first unknown family, size, mode or dtype, or an impossible point."""
+    for family in settings.families:
+        get_family(family)
+    for values, known, what in ((settings.sizes, SIZES, "size"), (settings.modes, MODES, "mode"),
+                                ((settings.dtype,) if settings.dtype else (), DTYPES, "dtype")):
+        unknown = [value for value in values if value not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}.")
+    for resolution in settings.resolutions:
+        check_point_args(resolution, settings.patch,
+                         batch_for(resolution, settings.patch, settings.batch, settings.tokens))
+
+
+def plan(settings: SweepSettings) -> list[PointSpec]:
+    """All points of the sweep, in size, resolution, family, mode order; ValueError on bad input."""
+    check_grid(settings)
+    steps = {name: settings.setting(name) for name in ("warmup", "min_reps", "min_time_s", "threads")}
+    return [PointSpec(family=family, size=size, patch=settings.patch, resolution=resolution,
+                      batch=batch_for(resolution, settings.patch, settings.batch, settings.tokens),
+                      mode=mode, dtype=settings.setting("dtype"), device=settings.device,
+                      max_reps=max(settings.setting("max_reps"), steps["min_reps"]),
+                      plugins=tuple(str(Path(p).resolve()) for p in settings.plugins), **steps)
+            for size in settings.sizes for resolution in settings.resolutions
+            for family in settings.families for mode in settings.modes]
