@@ -60,7 +60,7 @@ def point(frame: pd.DataFrame, family: str, size: str, resolution: int, metric: 
 def source(row) -> str:
     value = f"{row['median']:.3g} {row['unit']}" if row["status"] == "ok" else row["status"]
     label = f"{row['family']}-{row['size']}/{int(row['patch'])}"  # "Flash-DiT-S/2", not its model "DiT-S/2"
-    return f"{label} {int(row['resolution'])}px b{int(row['batch'])}: {value}"
+    return f"{label} {int(row['resolution'])}px b{int(row['batch'])} {row['exec_mode']}: {value}"
 
 
 def ok_batches(rows: pd.DataFrame) -> set:

@@ -15,13 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import REPO_ROOT, registry
+from . import REPO_ROOT, registry, scale
 from .errors import CsvFileError, UsageError
 from .registry import FIG2_FAMILIES, FIG3_FAMILIES, SIZES
 from .spec import (
     CPU_BATCH,
     CPU_GRID,
     CPU_TIME_BUDGET_S,
+    DEFAULT_COMPILE_MODE,
     DEVICE_DEFAULTS,
     DTYPES,
     FIG2_BATCH,
@@ -143,7 +144,8 @@ def settings_from(args, families, sizes, resolutions, batch, tokens=None, device
         patch=args.patch, modes=tuple(split_list(args.modes)), batch=batch if tokens is None else None,
         tokens=tokens, dtype=args.dtype, warmup=args.warmup, min_reps=args.reps, min_time_s=args.min_time,
         max_reps=args.max_reps, timeout_s=args.timeout, threads=args.threads, force=args.force,
-        plugins=tuple(args.plugin or ()), time_budget_s=args.time_budget)
+        plugins=tuple(args.plugin or ()), time_budget_s=args.time_budget,
+        exec_modes=tuple(split_list(args.exec)) or None, compile_mode=args.compile_mode)
     try:
         check_grid(settings)
     except ValueError as error:
@@ -272,15 +274,20 @@ def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
     if models.exists():
         frame = load_frame(models)
         batch = getattr(args, "batch", None)
-        if "fig2" in which:
-            # Without --batch, the batch most S/2 rows have: the figure's sweep, not a side point
-            # (e.g. the b1 rows measured at 1792 px for the paper's claim), wherever it is drawn.
-            drawn["Fig. 2: S/2 training speed and memory vs resolution"] = figures.fig2(
-                frame, out / "fig2.png", batch=batch, tokens=getattr(args, "tokens", None))
-        if "fig3" in which:
-            batches = {r: batch for r in FIG3_BATCH} if batch else FIG3_BATCH
-            drawn["Fig. 3: speed relative to DiG by size"] = figures.fig3(
-                frame, out / "fig3.png", batch_by_resolution=batches)
+        # eager (the paper's protocol) as fig2.png / fig3.png; each family at its best beside them
+        for view, suffix in (("eager", ""), ("best", "_best")):
+            if view == "best" and set(frame["exec_mode"]) <= {"eager"}:
+                continue  # every row ran eager: the best view would repeat the figure
+            if "fig2" in which:
+                # Without --batch, the batch most S/2 rows have: the figure's sweep, not a side point
+                # (e.g. the b1 rows measured at 1792 px for the paper's claim), wherever it is drawn.
+                drawn[f"Fig. 2 ({view}): S/2 training speed and memory vs resolution"] = figures.fig2(
+                    frame, out / f"fig2{suffix}.png", batch=batch, tokens=getattr(args, "tokens", None),
+                    view=view)
+            if "fig3" in which:
+                batches = {r: batch for r in FIG3_BATCH} if batch else FIG3_BATCH
+                drawn[f"Fig. 3 ({view}): speed relative to DiG by size"] = figures.fig3(
+                    frame, out / f"fig3{suffix}.png", batch_by_resolution=batches, view=view)
     if kernels.exists() and "kernels" in which:
         drawn["Kernel time vs sequence length"] = figures.kernel_figure(
             load_frame(kernels, KERNEL_REQUIRED, "kernels"), out / "kernels.png")
@@ -290,7 +297,8 @@ def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
         print(f"wrote {path}")
     if len(which) == 1:  # a figure asked for by name (fig2, fig3): say why there is none
         for caption in missing:
-            print(f"not drawn: {caption.split(':')[0]} (no point of it ran, ok or OOM, in {out})")
+            figure = caption.split(" (")[0].split(":")[0]
+            print(f"not drawn: {figure} (no point of it ran, ok or OOM, in {out})")
     return drawn
 
 
@@ -404,6 +412,36 @@ def cmd_merge(args):
     print(f"wrote {count} rows to {output}")
 
 
+def cmd_profile(args):
+    """Profile each point's step (GPU time per kernel category, launches per step) into profile.csv."""
+    import dataclasses
+
+    from . import csvstore
+    from .env import environment
+    from .harness import run_point
+    from .profile import PROFILE_COLUMNS, PROFILE_CSV, PROFILE_KEY, KernelTime, profile_rows, summary
+
+    out, device = prepare_sweep(args)
+    if device != "cuda":
+        raise UsageError("profile reads GPU kernel times (torch.profiler's CUDA activity); no CUDA GPU here.")
+    csv_path = out / PROFILE_CSV
+    for settings, points in fig2_jobs(args, device):
+        for spec in points:
+            spec = dataclasses.replace(spec, profile_steps=args.steps)
+            result = run_point(spec, settings.setting("timeout_s"))
+            model = registry.get_family(spec.family).model_name(spec.size, spec.patch)
+            csvstore.record(csv_path, profile_rows(spec, result, model, environment(device)), PROFILE_COLUMNS,
+                            PROFILE_KEY)
+            print(f"== {spec.label()} [{result['backend']}]: {result['status']} {result['error']}")
+            if result["status"] == "ok":
+                print(summary([KernelTime(*entry) for entry in result["kernels"]]))
+    print(f"wrote {csv_path}")
+
+
+def cmd_scale(args):
+    scale.cmd_scale(args)
+
+
 def cmd_env(args):
     from .env import describe
 
@@ -440,6 +478,14 @@ def add_run_options(parser):
     parser.add_argument("--threads", type=whole(0),
                         help="torch threads per point, 0 = all " + defaults("threads"))
     parser.add_argument("--dtype", choices=DTYPES, help="autocast dtype " + defaults("dtype"))
+    parser.add_argument("--exec", nargs="+", metavar="MODE",
+                        help="execution modes, of eager (PyTorch op by op), compile (torch.compile of the "
+                             "model, --compile-mode; optimizer eager) and graph (the whole step, forward, "
+                             "loss, backward and fused AdamW, captured once in one CUDA graph and "
+                             "replayed); compile and capture times are recorded apart from the timed "
+                             "steps (default GPU eager compile graph, CPU eager)")
+    parser.add_argument("--compile-mode", default=DEFAULT_COMPILE_MODE,
+                        help=f"torch.compile mode for --exec compile (default {DEFAULT_COMPILE_MODE})")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (the line per finished point stays)")
 
@@ -488,6 +534,11 @@ def add_tune_options(parser):
     parser.add_argument("--force", action="store_true", help="re-tune shapes already in the cache")
 
 
+def add_profile_options(parser):
+    add_sweep_options(parser)
+    parser.add_argument("--steps", type=whole(1), default=3, help="profiled steps per point (default 3)")
+
+
 def add_plot_options(parser):
     add_output(parser, device=False)
     parser.add_argument("--batch", type=whole(1), help="batch to draw in Fig. 2 (default: the most common)")
@@ -510,10 +561,13 @@ COMMANDS = [
     ("kernels", cmd_kernels, "kernel benchmark: GLA (ours, fla, naive) vs SDPA attention",
      add_kernel_options),
     ("tune", cmd_tune, "tune the Triton GLA kernel for this GPU (kernels.gla.tuning)", add_tune_options),
+    ("profile", cmd_profile, "where each point's GPU time goes: ms and launches per step by kernel category "
+     "(GEMM, GLA, glue, ...) into <out>/profile.csv", add_profile_options),
     ("plot", cmd_plot, "draw the figures from the CSVs in --out", add_plot_options),
     ("report", cmd_report, "figures and REPORT.md from the CSVs in --out", add_plot_options),
     ("merge", cmd_merge, "merge result CSVs", add_merge_options),
     ("env", cmd_env, "GPU, CPU, versions and which optional backends are available", lambda sub: None),
+    ("scale", cmd_scale, scale.HELP, scale.add_scale_options),
 ]
 
 

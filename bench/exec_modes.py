@@ -34,11 +34,9 @@ import torch
 import torch._inductor.config
 import torch.nn.functional as F
 
-EXEC_MODES = ("eager", "compile", "graph")
-STEP_MODES = ("train", "infer")
-# Inductor without its own CUDA graphs (whole-step graphs are the 'graph' mode). "max-autotune-no-
-# cudagraphs" would also benchmark GEMM templates for every shape: minutes more compile per point.
-DEFAULT_COMPILE_MODE = "default"
+from .spec import DEFAULT_COMPILE_MODE, EXEC_MODES, MODES
+
+STEP_MODES = MODES
 LEARNING_RATE = 1e-4
 CHECK_SEED = 0  # re-seeded before the eager reference and before the checked step: same label dropout
 # Relative error allowed between the checked step and eager (output, and the vector of per-parameter

@@ -10,7 +10,7 @@ import matplotlib.transforms as mtransforms
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-from .frames import fast_scan_only, machine_label, one_machine, ordered, series_name
+from .frames import EXEC_VIEWS, exec_view, fast_scan_only, machine_label, one_machine, ordered, series_name
 from .registry import FIG2_FAMILIES, FIG3_FAMILIES, REFERENCE_SCAN_LABEL, SIZES
 
 PROTOCOL_NOTE = ("img/s = {mode}, median over timed steps, bars p20-p80; memory = {memory}; "
@@ -70,10 +70,11 @@ def _plot_metric(ax, rows: pd.DataFrame, series: list, colors: dict, errorbars: 
 
 
 def fig2(frame: pd.DataFrame, out_path: Path, batch: int | None = None,
-         tokens: int | None = None, mode: str = "train") -> Path | None:
-    """S/2 throughput and peak memory vs resolution; None if no S/2 point of `mode` ran (ok or OOM)."""
-    rows, left_out = one_machine(frame[(frame["size"] == "S") & (frame["patch"] == 2)
-                                       & (frame["mode"] == mode)])
+         tokens: int | None = None, mode: str = "train", view: str = "eager") -> Path | None:
+    """S/2 throughput and peak memory vs resolution; None if no S/2 point of `mode` ran (ok or OOM).
+    view: "eager" (the paper's protocol) or "best" (each point's fastest execution mode, lettered)."""
+    rows, left_out = one_machine(exec_view(frame[(frame["size"] == "S") & (frame["patch"] == 2)
+                                                 & (frame["mode"] == mode)], view))
     rows, batch_text = figure_batch(rows, batch, tokens)
     if not rows["status"].isin(["ok", "OOM"]).any():
         return None
@@ -85,6 +86,8 @@ def fig2(frame: pd.DataFrame, out_path: Path, batch: int | None = None,
     ax_speed, ax_mem = fig.subplots(1, 2)
     _plot_metric(ax_speed, rows[rows["metric"] == "throughput"], series, colors, errorbars=True)
     _plot_metric(ax_mem, rows[rows["metric"] == memory_metric], series, colors, errorbars=False)
+    if view == "best":
+        label_exec_modes(ax_speed, rows[(rows["metric"] == "throughput") & (rows["status"] == "ok")])
     ax_speed.set_ylabel("training throughput (img/s)" if mode == "train" else "inference throughput (img/s)")
     ax_mem.set_ylabel(f"{memory_metric} (GiB)")
     for ax in (ax_speed, ax_mem):
@@ -95,7 +98,7 @@ def fig2(frame: pd.DataFrame, out_path: Path, batch: int | None = None,
     ax_speed.legend(fontsize=8)
     first = rows.iloc[0]
     fig.suptitle(f"Fig. 2: S/2 {mode} speed and memory vs resolution - {machine_title(first)}, {batch_text}, "
-                 f"{precision(first['dtype'])}")
+                 f"{precision(first['dtype'])}\nexecution: {EXEC_VIEWS[view]}")
     missing = rows[(rows["metric"] == "throughput") & rows["status"].isin(["unavailable", "error"])]
     skipped = "; ".join(sorted({f"{r.family}: {r.status}" for r in missing.itertuples()}))
     footnote(fig, PROTOCOL_NOTE.format(mode=MODE_NOTE[mode], memory=MEMORY_NOTE[memory_metric])
@@ -103,6 +106,13 @@ def fig2(frame: pd.DataFrame, out_path: Path, batch: int | None = None,
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out_path, dpi=130)
     return out_path
+
+
+def label_exec_modes(ax, rows: pd.DataFrame) -> None:
+    """Letter each point with its execution mode (e = eager, c = compile, g = graph)."""
+    for row in rows.itertuples():
+        ax.annotate(row.exec_mode[0], (row.resolution, row.median), textcoords="offset points", xytext=(3, 3),
+                    fontsize=7, color="0.3")
 
 
 def relative_to_dig(rows: pd.DataFrame) -> pd.DataFrame:
@@ -125,8 +135,8 @@ def _bar_panel(ax, panel: pd.DataFrame, colors: dict) -> None:
             point, x = point.iloc[0], j + (i - (len(families) - 1) / 2) * width
             if point["status"] == "ok" and pd.notna(point["relative"]):
                 ax.bar(x, point["relative"], width, color=colors[family], label=None if labelled else family)
-                ax.text(x, point["relative"], f"{point['relative']:.2f}", ha="center", va="bottom",
-                        fontsize=6)
+                ax.text(x, point["relative"], f"{point['relative']:.2f} {point['exec_mode'][0]}", ha="center",
+                        va="bottom", fontsize=6)
                 labelled = True
             else:
                 text = "no DiG" if point["status"] == "ok" else point["status"]
@@ -139,11 +149,12 @@ def _bar_panel(ax, panel: pd.DataFrame, colors: dict) -> None:
 
 
 def fig3(frame: pd.DataFrame, out_path: Path, resolutions=(1024, 2048),
-         batch_by_resolution: dict | None = None) -> Path | None:
-    """Grouped bars: throughput of each family relative to DiG, per size, one panel per resolution."""
-    rows, left_out = one_machine(frame[(frame["patch"] == 2) & (frame["mode"] == "train")
-                                       & (frame["metric"] == "throughput")
-                                       & frame["resolution"].isin(resolutions)])
+         batch_by_resolution: dict | None = None, view: str = "eager") -> Path | None:
+    """Grouped bars: throughput of each family relative to DiG, per size, one panel per resolution.
+    view: "eager" or "best" (each point's fastest execution mode; the bar names it)."""
+    rows, left_out = one_machine(exec_view(frame[(frame["patch"] == 2) & (frame["mode"] == "train")
+                                                 & (frame["metric"] == "throughput")
+                                                 & frame["resolution"].isin(resolutions)], view))
     rows = fast_scan_only(rows)
     if not rows["status"].isin(["ok", "OOM"]).any():
         return None
@@ -157,7 +168,7 @@ def fig3(frame: pd.DataFrame, out_path: Path, resolutions=(1024, 2048),
         ax.set_title(f"{resolution}x{resolution} ({(resolution // 16) ** 2} tokens), {batch_text}")
     first = rows.iloc[0]
     fig.suptitle(f"Fig. 3: speed relative to DiG by model size - {machine_title(first)}, "
-                 f"{precision(first['dtype'])}")
+                 f"{precision(first['dtype'])}\nexecution: {EXEC_VIEWS[view]}")
     footnote(fig, f"img/s = {MODE_NOTE['train']}, median over timed steps; each point in a fresh process; "
                   "OOM = out of memory at this batch. DiS rows run with the reference scan are excluded. "
                   "Protocol: bench/PROTOCOL.md", left_out)

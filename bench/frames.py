@@ -8,6 +8,29 @@ selection says what it left out, so that nothing is dropped without a word.
 import pandas as pd
 
 from .registry import REFERENCE_SCAN_LABEL, is_reference_scan
+from .schema import MODEL_KEY
+
+# How results are shown: the paper's protocol (eager PyTorch everywhere) and each family at its best
+# (per point, the execution mode with the highest throughput, each number naming its mode).
+EXEC_VIEWS = {"eager": "eager PyTorch (the paper's protocol)",
+              "best": "each family at its best (per point the fastest of eager, compile, graph)"}
+POINT_COLUMNS = [column for column in MODEL_KEY if column != "exec_mode"]
+
+
+def exec_view(frame: pd.DataFrame, view: str) -> pd.DataFrame:
+    """Rows of one execution mode (a mode's name), or with view "best" the rows of each point's fastest
+    mode by training/inference throughput (a point with no ok mode keeps its eager rows, OOM or error)."""
+    if view != "best":
+        return frame[frame["exec_mode"] == view]
+    throughput = frame[(frame["metric"] == "throughput") & (frame["status"] == "ok")]
+    if throughput.empty:
+        return frame[frame["exec_mode"] == "eager"]
+    point = [column for column in POINT_COLUMNS if column in frame]
+    best = throughput.loc[throughput.groupby(point)["median"].idxmax(), [*point, "exec_mode"]]
+    chosen = frame.merge(best, on=[*point, "exec_mode"], how="inner")
+    none_ok = frame.merge(best[point], on=point, how="left", indicator=True)
+    none_ok = none_ok[(none_ok["_merge"] == "left_only") & (none_ok["exec_mode"] == "eager")]
+    return pd.concat([chosen, none_ok.drop(columns="_merge")], ignore_index=True)
 
 
 def machine_label(row) -> str:

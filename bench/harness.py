@@ -26,7 +26,7 @@ def failed_result(status: str, error: str) -> dict:
     """A result without measurements: status 'OOM', 'error' or 'unavailable' and the reason."""
     return {"status": status, "error": error, "backend": "", "n_params": None, "step_seconds": [],
             "peak_mem_alloc_gib": None, "peak_mem_nvml_gib": None, "nvml_error": "",
-            "peak_mem_rss_gib": None, "threads": ""}
+            "peak_mem_rss_gib": None, "threads": "", "compile_s": None, "capture_s": None, "check": ""}
 
 
 def point_command(spec, timeout_s: float) -> list[str]:

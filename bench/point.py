@@ -18,10 +18,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from .env import nvml_handle
 from .errors import one_line
+from .exec_modes import prepare_step
 from .harness import failed_result
 from .registry import get_family, load_plugin
 from .spec import PointSpec
@@ -46,39 +46,11 @@ def failure_status(error: BaseException) -> str:
     return "error"
 
 
-def make_step(model: torch.nn.Module, spec: PointSpec):
-    """A closure running one training or inference step on fresh random inputs of the point."""
+def point_inputs(spec: PointSpec) -> tuple:
+    """Fresh random inputs of the point, never zeros: latents [N, 4, I, I], timesteps, labels [N]."""
     device, n, size = spec.device, spec.batch, spec.latent_size
-    x = torch.randn(n, 4, size, size, device=device)
-    t = torch.randint(0, 1000, (n,), device=device)
-    y = torch.randint(0, NUM_CLASSES, (n,), device=device)
-    autocast_dtype = AUTOCAST_DTYPES[spec.dtype]
-
-    def autocast():
-        return torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None)
-
-    if spec.mode == "infer":
-        model.eval()
-
-        def infer_step():
-            with torch.no_grad(), autocast():
-                model(x, t, y)
-        return infer_step
-
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    target = []  # created at the first (warm-up) step, once the output shape is known
-
-    def train_step():
-        with autocast():
-            out = model(x, t, y)
-        if not target:
-            target.append(torch.randn(out.shape, device=device))
-        loss = F.mse_loss(out.float(), target[0])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return train_step
+    return (torch.randn(n, 4, size, size, device=device), torch.randint(0, 1000, (n,), device=device),
+            torch.randint(0, NUM_CLASSES, (n,), device=device))
 
 
 def time_steps(step, spec: PointSpec) -> list[float]:
@@ -126,16 +98,23 @@ def measure_point(spec: PointSpec) -> dict:
         model = get_family(spec.family).create(spec.size, spec.patch, spec.latent_size, spec.device)
         result["backend"] = str(getattr(model, "backend_description", "not stated by the model"))
         result["n_params"] = sum(p.numel() for p in model.parameters())
-        step = make_step(model, spec)
-        for _ in range(spec.warmup):
-            step()
+        prepared = prepare_step(model, *point_inputs(spec), spec.mode, AUTOCAST_DTYPES[spec.dtype],
+                                spec.exec_mode, warmup=max(1, spec.warmup), compile_mode=spec.compile_mode)
+        result.update(prepared.setup)
         if spec.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        result["step_seconds"] = time_steps(step, spec)
+        result["step_seconds"] = time_steps(prepared.step, spec)
         if spec.device == "cuda":
-            result["peak_mem_alloc_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            # A graph's replays allocate nothing: its working set is the capture's peak.
+            timed_peak = torch.cuda.max_memory_allocated() / 2**30
+            result["peak_mem_alloc_gib"] = max(timed_peak, result.get("capture_peak_mem_alloc_gib") or 0.0)
             result["peak_mem_nvml_gib"], result["nvml_error"] = nvml_used_gib()
+        if spec.profile_steps:
+            from .profile import kernel_times
+
+            result["kernels"] = [[k.name, k.calls, k.gpu_ms] for k in kernel_times(prepared.step,
+                                                                                   spec.profile_steps)]
     except Exception as error:  # a failed point is a result: status + message
         result["status"] = failure_status(error)
         result["error"] = one_line(error)

@@ -10,6 +10,15 @@ Reported per step: GPU ms and kernel launches per category, and the kernels that
 import re
 from dataclasses import dataclass
 
+PROFILE_CSV = "profile.csv"
+# Long format, one row per (point, what, name): what = "coarse" (GEMM / GLA / attention / everything
+# else), "category" (CATEGORIES) or "kernel" (the TOP_KERNELS longest kernels by name).
+PROFILE_POINT = ["family", "model", "size", "patch", "resolution", "batch", "mode", "exec_mode", "dtype"]
+PROFILE_COLUMNS = [*PROFILE_POINT, "what", "name", "gpu_ms_per_step", "launches_per_step", "share",
+                   "total_gpu_ms_per_step", "steps", "status", "error", "backend"]
+PROFILE_KEY = (*PROFILE_POINT, "what", "name")
+TOP_KERNELS = 15
+
 # First match wins; patterns are searched in the kernel's name (case-insensitive).
 CATEGORIES = (
     ("optimizer", r"multi_tensor_apply|adam"),
@@ -90,3 +99,25 @@ def summary(kernels: list[KernelTime], top: int = 12) -> str:
     for k in kernels[:top]:
         lines.append(f"  {k.gpu_ms:8.2f} ms {k.calls:5d}x [{category(k.name)}] {k.name[:90]}")
     return "\n".join(lines)
+
+
+def profile_rows(spec, result: dict, model: str, env: dict) -> list[dict]:
+    """The rows of one profiled point (status rows only, when it did not run)."""
+    point = {"family": spec.family, "model": model, "size": spec.size, "patch": spec.patch,
+             "resolution": spec.resolution, "batch": spec.batch, "mode": spec.mode,
+             "exec_mode": spec.exec_mode, "dtype": spec.dtype, "steps": spec.profile_steps,
+             "status": result["status"], "error": result["error"], "backend": result["backend"], **env}
+    if result["status"] != "ok":
+        return [dict(point, what="coarse", name="total", gpu_ms_per_step="", launches_per_step="", share="",
+                     total_gpu_ms_per_step="")]
+    kernels = [KernelTime(*entry) for entry in result["kernels"]]
+    total = sum(k.gpu_ms for k in kernels)
+    parts = split(kernels)
+    rows = [dict(point, what=what, name=name, gpu_ms_per_step=ms, launches_per_step=calls, share=ms / total,
+                 total_gpu_ms_per_step=total)
+            for what, table in (("coarse", parts["coarse"]), ("category", parts["fine"]))
+            for name, (ms, calls) in table.items()]
+    rows += [dict(point, what="kernel", name=f"[{category(k.name)}] {k.name[:200]}", gpu_ms_per_step=k.gpu_ms,
+                  launches_per_step=k.calls, share=k.gpu_ms / total, total_gpu_ms_per_step=total)
+             for k in kernels[:TOP_KERNELS]]
+    return rows

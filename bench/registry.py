@@ -115,8 +115,20 @@ register(Family("DiT-SDPA", "DiT", lambda device: {"attn_backend": "sdpa"}))
 register(Family("Flash-DiT", "DiT", lambda device: {"attn_backend": "flash"}, needs_cuda))
 register(Family("DiT-cuDNN", "DiT", lambda device: {"attn_backend": "cudnn"}, needs_cuda))
 register(Family("DiS", "DiS", lambda device: {"scan_backend": "auto"}, needs_mamba_on_cuda))
-register(Family("DiG", "DiG", lambda device: {"gla_backend": "triton" if device == "cuda" else "torch"}))
+def our_gla(device: str) -> dict:
+    """Our Triton GLA on a GPU, our chunked PyTorch GLA on a CPU."""
+    return {"gla_backend": "triton" if device == "cuda" else "torch"}
+
+
+register(Family("DiG", "DiG", our_gla))
 register(Family("DiG-fla", "DiG", lambda device: {"gla_backend": "fla"}, needs_fla))
+# DiG in its first formulation (models/dig_reference.py: tokens re-ordered between blocks, one Linear
+# per projection, unfused glue), on the same GLA kernels: the "before" of the fused DiG.
+def build_reference_dig(name, input_size, **kwargs):
+    return importlib.import_module("models.dig_reference").create_reference_model(name, input_size, **kwargs)
+
+
+register(Family("DiG-reference", "DiG", our_gla, build=build_reference_dig))
 
 # The families of the paper's Fig. 2 (DiT, DiS, DiG) and Fig. 3 (DiS, DiT, Flash-DiT, DiG), with
 # DiT on cuDNN attention (faster than FlashAttention-2 on Hopper) and DiG on fla's kernel beside them.

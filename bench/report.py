@@ -15,7 +15,8 @@ from . import REPO_ROOT
 from .claims import EXTRA_CLAIMS, PAPER_CLAIMS, efficiency_claim, evaluate, memory_metric
 from .env import timestamp
 from .errors import CsvFileError
-from .frames import machine_label, one_machine, ordered, series_name
+from .flops import H200_BF16_DENSE_PEAK_TFLOPS
+from .frames import EXEC_VIEWS, exec_view, machine_label, one_machine, ordered, series_name
 from .registry import FIG2_FAMILIES
 from .results import load_frame
 from .schema import KERNEL_REQUIRED
@@ -73,7 +74,7 @@ def pivot_section(frame: pd.DataFrame, metric: str, size: str, mode: str = "trai
         return None
     parts = []
     for (patch, batch), group in rows.groupby(["patch", "batch"]):
-        group = group.assign(series=group.apply(series_name, axis=1))
+        group = group.assign(series=group.apply(series_name, axis=1) + " (" + group["exec_mode"] + ")")
         resolutions = sorted(group["resolution"].unique())
         table = []
         for series in ordered(group["series"], FIG2_FAMILIES):
@@ -82,6 +83,15 @@ def pivot_section(frame: pd.DataFrame, metric: str, size: str, mode: str = "trai
         unit = group["unit"].iloc[0]
         parts.append(f"**{size}/{int(patch)}, {mode}, batch {int(batch)}, {metric} ({unit})**\n\n"
                      + md_table(["family"] + [f"{int(r)} px" for r in resolutions], table))
+    return "\n\n".join(parts)
+
+
+def claims_sections(frame: pd.DataFrame) -> str:
+    """The claims twice: under the paper's protocol (eager everywhere) and with each family at its best."""
+    parts = []
+    for view, title in EXEC_VIEWS.items():
+        rows = exec_view(frame, view)
+        parts.append(f"### {title}\n\n" + (claims_section(rows) if not rows.empty else "no rows."))
     return "\n\n".join(parts)
 
 
@@ -102,6 +112,31 @@ def claims_section(frame: pd.DataFrame) -> str:
     return text + (f"\n\nSpeeds are training img/s; memory is {memory_metric(frame)} (GiB). Both models are "
                    "compared at the largest batch both ran at; rows at larger batches where one ran out of "
                    "memory are listed beside it. DiS rows made with the reference scan are never used.")
+
+
+def efficiency_section(frame: pd.DataFrame) -> str:
+    """Per ok training point: model TFLOP per image (bench/flops.py), img/s, MFU, compile and capture s."""
+    wanted = ["throughput", "model_flop", "mfu", "compile_time", "capture_time"]
+    rows = frame[frame["metric"].isin(wanted) & (frame["mode"] == "train")]
+    if rows.empty or not (rows["metric"] == "model_flop").any():
+        return "no rows."
+    table = rows.pivot_table(index=["model", "family", "resolution", "batch", "exec_mode"], columns="metric",
+                             values="median", aggfunc="first")
+    lines = []
+    for (model, family, resolution, batch, exec_mode), values in table.iterrows():
+        if pd.isna(values.get("throughput")):
+            continue
+        cells = [values.get(name) for name in wanted]
+        lines.append([f"{family} ({model})", int(resolution), int(batch), exec_mode,
+                      *("" if pd.isna(v) else f"{v:.3g}" for v in cells)])
+    return (md_table(("family", "px", "batch", "exec", "img/s", "model TFLOP/image", "MFU", "compile s",
+                      "capture s"), lines)
+            + f"\n\nMFU = img/s x model FLOPs per image / {H200_BF16_DENSE_PEAK_TFLOPS:g} TFLOP/s, the "
+              "H200's dense bf16 tensor-core peak (datasheet; an 8192^3 bf16 matmul measured 680-790 TFLOP/s "
+              "here). "
+              "Model FLOPs: bench/flops.py, matmul-like work only, backward = 2x forward, attention backward "
+              "without recomputation. Compile and capture times are the first compiled step and the graph "
+              "capture, outside the timed steps.")
 
 
 def failures_section(frame: pd.DataFrame) -> str:
@@ -238,7 +273,8 @@ def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figu
     if figures:
         links = [f"![{caption}]({os.path.relpath(path, out_dir)})" for caption, path in figures.items()]
         sections.append("## Figures\n\n" + "\n\n".join(links))
-    sections.append("## The paper's claims against our measurements\n\n" + claims_section(frame))
+    sections.append("## The paper's claims against our measurements\n\n" + claims_sections(frame))
+    sections.append("## Model FLOPs, MFU and setup times\n\n" + efficiency_section(frame))
     metrics = ("throughput", memory_metric(frame), "peak_mem_nvml")
     tables = [pivot_section(frame, metric, size, mode) for mode in ("train", "infer")
               for size in ("S", "B", "L", "XL") for metric in metrics]

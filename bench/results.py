@@ -16,6 +16,7 @@ import pandas as pd
 from . import csvstore
 from .env import environment, timestamp
 from .errors import CsvFileError
+from .flops import H200_BF16_DENSE_PEAK_TFLOPS, flops_per_image, mfu
 from .registry import get_family
 from .schema import DONE_STATUSES, MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY, MODEL_REQUIRED, POINT_METRICS
 from .spec import KEY_DEFAULTS, KEY_FIELDS
@@ -40,11 +41,12 @@ def point_key(spec, machine: dict) -> tuple:
 def point_rows(spec, result: dict) -> list[dict]:
     """CSV rows of one point: throughput and memory metrics (values empty unless status is ok)."""
     env = environment(spec.device)
-    common = {**{name: getattr(spec, name) for name in KEY_FIELDS},
-              "model": get_family(spec.family).model_name(spec.size, spec.patch),
+    model = get_family(spec.family).model_name(spec.size, spec.patch)
+    common = {**{name: getattr(spec, name) for name in KEY_FIELDS}, "model": model,
               "tokens": spec.tokens_per_image, "status": result["status"], "error": result["error"],
-              "backend": result["backend"], "threads": result.get("threads", ""), **env,
-              "timestamp": timestamp()}
+              "backend": result["backend"], "threads": result.get("threads", ""),
+              "compile_mode": spec.compile_mode if spec.exec_mode == "compile" else "",
+              "check": result.get("check", ""), **env, "timestamp": timestamp()}
     ok = result["status"] == "ok"
     steps = result["step_seconds"]
     empty = {"median": "", "p20": "", "p80": "", "n_reps": ""}
@@ -68,7 +70,27 @@ def point_rows(spec, result: dict) -> list[dict]:
                          **(single(result["peak_mem_rss_gib"]) if ok else empty)))
     rows.append(dict(common, metric="n_params", unit="count",
                      **(single(result["n_params"]) if ok else empty)))
-    return rows
+    for metric, name in (("compile_time", "compile_s"), ("capture_time", "capture_s")):
+        if result.get(name) is not None:  # measured before the timed steps, not part of them
+            rows.append(dict(common, metric=metric, unit="s", **single(result[name])))
+    return rows + flop_rows(spec, model, rows[0], common, single)
+
+
+def flop_rows(spec, model: str, throughput: dict, common: dict, single) -> list[dict]:
+    """Model TFLOP per image (bench/flops.py's formula) and, on an H200, MFU against its dense bf16
+    peak; none for a family the formulas do not cover (a plugin's model)."""
+    try:
+        flops = flops_per_image(model, spec.latent_size, spec.mode)
+    except ValueError:
+        return []
+    flop_row = dict(common, status="ok", error="", metric="model_flop", unit="TFLOP/image",
+                    **single(flops / 1e12))
+    utilisation = dict(common, metric="mfu", unit="fraction", median="", p20="", p80="", n_reps="")
+    if throughput["status"] == "ok" and "H200" in str(common["gpu"]):
+        utilisation.update(single(mfu(throughput["median"], flops, H200_BF16_DENSE_PEAK_TFLOPS)))
+    elif throughput["status"] == "ok":
+        utilisation.update(status="unavailable", error=f"no dense bf16 peak on record for {common['gpu']}")
+    return [flop_row, utilisation]
 
 
 def record(path: Path, rows: list[dict]) -> None:

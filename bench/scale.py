@@ -34,12 +34,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from .env import REPO_ROOT, device_kind, environment, timestamp
-from .harness import PointSpec, check_point_args, failure_status, make_step, time_steps
+from . import REPO_ROOT, csvstore
 from .registry import FAMILIES, get_family, load_plugin
-from .results import DONE_STATUSES, MODEL_COLUMNS, MODEL_KEY, keys_with_status, read_rows, record, spread
+from .schema import DONE_STATUSES, MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY
+from .spec import PointSpec, check_point_args
 
 NVLINK_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                         "NVSHMEM_DISABLE_NVLS": "1"}
@@ -91,6 +89,8 @@ class ScaleSpec:
 
 def shard_model(model, strategy, device):
     """DDP, or FSDP2: each block (model.blocks, where the model has them) then the root."""
+    import torch
+
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -105,7 +105,11 @@ def shard_model(model, strategy, device):
 
 def measure_rank(spec: ScaleSpec) -> dict:
     """This rank's measurement; never raises (a failure is the result's status and error)."""
+    import torch
     import torch.distributed as dist
+
+    from .exec_modes import TrainStep
+    from .point import AUTOCAST_DTYPES, failure_status, point_inputs, time_steps
 
     result = {"status": "ok", "error": "", "backend": "", "n_params": None, "step_seconds": [],
               "peak_mem_gib": None, "threads": ""}
@@ -125,7 +129,8 @@ def measure_rank(spec: ScaleSpec) -> dict:
         result["n_params"] = sum(p.numel() for p in model.parameters())
         model = shard_model(model, spec.strategy, spec.device)
         torch.manual_seed(1 + dist.get_rank())  # each rank its own batch, as in data-parallel training
-        step = make_step(model, spec.point())
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+        step = TrainStep(model, optimizer, *point_inputs(spec.point()), AUTOCAST_DTYPES[spec.dtype])
         for _ in range(spec.warmup):
             step()
         if cuda:
@@ -136,7 +141,7 @@ def measure_rank(spec: ScaleSpec) -> dict:
             result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         # DDP's reducer must go before its process group: left to the interpreter's exit, gloo ranks
         # aborted there ("terminate called without an active exception") in 2 of 20 CPU launches
-        del step, model
+        del step, optimizer, model
         gc.collect()
         dist.destroy_process_group()
     except Exception as error:  # a failed rank is a result: status + message
@@ -234,7 +239,7 @@ def unavailable_result(reason: str) -> dict:
 
 def one_gpu_throughput(csv_path: Path, common: dict) -> float | None:
     """Median img/s of the same point at world size 1 (same strategy) in the CSV, if it ran."""
-    _, rows = read_rows(csv_path)
+    _, rows = csvstore.read(csv_path)
     key = [column for column in SCALE_KEY if column != "world_size"]
     for row in rows:
         if (row["metric"] == "throughput" and row["status"] == "ok" and row["world_size"] == "1"
@@ -245,10 +250,13 @@ def one_gpu_throughput(csv_path: Path, common: dict) -> float | None:
 
 def scale_rows(spec: ScaleSpec, result: dict, csv_path: Path) -> list[dict]:
     """CSV rows of one launch: throughput, memory per GPU, n_params, scaling efficiency."""
+    from .env import environment, timestamp
+    from .results import spread
+
     point = spec.point()
     common = {"family": spec.family, "model": get_family(spec.family).model_name(spec.size, spec.patch),
               "size": spec.size, "patch": spec.patch, "resolution": spec.resolution,
-              "tokens": point.tokens_per_image, "batch": spec.batch, "mode": "train",
+              "tokens": point.tokens_per_image, "batch": spec.batch, "mode": "train", "exec_mode": "eager",
               "status": result["status"], "error": result["error"], "backend": result["backend"],
               "dtype": spec.dtype, "threads": result["threads"], **environment(spec.device),
               "timestamp": timestamp(), "world_size": spec.world_size, "strategy": spec.strategy,
@@ -289,21 +297,34 @@ def plan(families, sizes, resolutions, world_sizes, patch, batch, strategy, dtyp
             for world_size in sorted(world_sizes)]
 
 
-def spec_key(spec: ScaleSpec, gpu: str) -> tuple:
-    values = dict(asdict(spec), mode="train", gpu=gpu)
+def spec_key(spec: ScaleSpec, machine: dict) -> tuple:
+    """The CSV key of a launch measured on `machine` (a dict with the MACHINE_COLUMNS)."""
+    values = dict(asdict(spec), mode="train", exec_mode="eager", **machine)
     return tuple(str(values[column]) for column in SCALE_KEY)
 
 
+def done_keys(csv_path: Path) -> set:
+    """Keys of the launches in the CSV whose throughput row is ok or OOM."""
+    _, rows = csvstore.read(csv_path)
+    return {csvstore.row_key(row, SCALE_KEY) for row in rows
+            if row.get("metric") == "throughput" and row.get("status") in DONE_STATUSES}
+
+
 def processes_available(device: str) -> int:
+    import torch
+
     return torch.cuda.device_count() if device == "cuda" else os.cpu_count() or 1
 
 
 def run_scaling(specs: list[ScaleSpec], csv_path: Path, timeout_s: float, force: bool = False) -> dict:
     """Launch every spec not yet in csv_path (all with force); returns counts measured / skipped."""
-    done = set() if force else keys_with_status(csv_path, DONE_STATUSES, SCALE_KEY)
+    from .env import environment
+
+    done = set() if force else done_keys(csv_path)
     counts = {"measured": 0, "skipped": 0}
     for spec in specs:
-        if spec_key(spec, environment(spec.device)["gpu"]) in done:
+        machine = {column: environment(spec.device)[column] for column in MACHINE_COLUMNS}
+        if spec_key(spec, machine) in done:
             counts["skipped"] += 1
             continue
         available = processes_available(spec.device)
@@ -316,7 +337,7 @@ def run_scaling(specs: list[ScaleSpec], csv_path: Path, timeout_s: float, force:
         else:
             result = run_launch(spec, timeout_s)
         rows = scale_rows(spec, result, csv_path)
-        record(csv_path, rows, SCALE_COLUMNS, SCALE_KEY)
+        csvstore.record(csv_path, rows, SCALE_COLUMNS, SCALE_KEY)
         counts["measured"] += 1
         print(f"{spec.label()}: {summary(rows)}", file=sys.stderr)
     return counts
@@ -336,7 +357,7 @@ def summary(rows: list[dict]) -> str:
 
 def add_scale_options(parser: argparse.ArgumentParser) -> None:
     """Options of `bench.py scale` (wired in bench/cli.py with cmd_scale)."""
-    parser.add_argument("--out", help="output directory (default reports/ on GPU, reports/cpu/ on CPU)")
+    parser.add_argument("--out", help="output directory (default results/, which git ignores)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--models", nargs="+", help=f"families, of {', '.join(FAMILIES)} "
                         f"(default GPU {', '.join(DEFAULTS['cuda']['families'])}, CPU DiG)")
@@ -361,7 +382,9 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_scale(args) -> dict:
     """Run `bench.py scale`; UsageError (bench.cli's) on bad input, before anything is launched."""
-    from .cli import UsageError, ints, out_dir, split_list
+    from .cli import ints, output_dir, split_list
+    from .env import device_kind
+    from .errors import UsageError
 
     try:
         device = device_kind(args.device)
@@ -372,8 +395,8 @@ def cmd_scale(args) -> dict:
         if min(world_sizes) < 1:
             raise ValueError(f"--world-sizes must be at least 1, got {min(world_sizes)}.")
         specs = plan(
-            families=split_list(",".join(args.models)) if args.models else defaults["families"],
-            sizes=split_list(",".join(args.sizes)) if args.sizes else defaults["sizes"],
+            families=split_list(args.models) if args.models else defaults["families"],
+            sizes=split_list(args.sizes) if args.sizes else defaults["sizes"],
             resolutions=ints(args.resolutions) if args.resolutions else defaults["resolutions"],
             world_sizes=world_sizes, patch=args.patch,
             batch=defaults["batch"] if args.batch is None else args.batch, strategy=args.strategy,
@@ -386,7 +409,7 @@ def cmd_scale(args) -> dict:
         raise UsageError(str(error)) from None
     if specs[0].reps < 1 or specs[0].warmup < 0:
         raise UsageError("--reps must be at least 1 and --warmup at least 0.")
-    csv_path = out_dir(args) / SCALE_CSV
+    csv_path = output_dir(args) / SCALE_CSV
     counts = run_scaling(specs, csv_path, args.timeout or defaults["timeout_s"], force=args.force)
     print(f"{csv_path}: {counts['measured']} measured, {counts['skipped']} already there")
     return counts

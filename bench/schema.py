@@ -12,9 +12,9 @@ MACHINE_COLUMNS = ("gpu", "cpu", "host")
 ENV_COLUMNS = ["gpu", "cpu", "driver", "cuda", "torch", "triton", "python", "packages", "git_commit",
                "timestamp", "host"]
 # Every PointSpec key field is a column (tests/test_bench_harness.py checks it).
-MODEL_COLUMNS = ["family", "model", "size", "patch", "resolution", "tokens", "batch", "mode", "metric",
-                 "unit", "median", "p20", "p80", "n_reps", "status", "error", "backend", "dtype",
-                 "threads", *ENV_COLUMNS]
+MODEL_COLUMNS = ["family", "model", "size", "patch", "resolution", "tokens", "batch", "mode", "exec_mode",
+                 "compile_mode", "metric", "unit", "median", "p20", "p80", "n_reps", "status", "error",
+                 "backend", "check", "dtype", "threads", *ENV_COLUMNS]
 MODEL_KEY = (*KEY_FIELDS, *MACHINE_COLUMNS)
 KERNEL_COLUMNS = ["provider", "impl", "mode", "T", "B", "H", "K", "V", "dtype", "metric", "unit", "median",
                   "p20", "p80", "status", "error", "reference", *ENV_COLUMNS]

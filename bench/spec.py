@@ -11,6 +11,12 @@ from .registry import SIZES, get_family
 
 MODES = ("train", "infer")
 DTYPES = ("bf16", "fp16", "fp32")  # autocast dtypes; weights and optimizer state stay fp32
+# How a step executes (bench/exec_modes.py): eager PyTorch, torch.compile of the model, or the whole
+# step captured in one CUDA graph and replayed.
+EXEC_MODES = ("eager", "compile", "graph")
+# Inductor without its own CUDA graphs (whole-step graphs are the 'graph' mode). "max-autotune-no-
+# cudagraphs" would also benchmark GEMM templates for every shape: minutes more compile per point.
+DEFAULT_COMPILE_MODE = "default"
 
 # How points run, per device. GPU: >= 10 steps and >= 2 s, so a 40 ms step (S at 256) gets 50
 # samples and a 1.5 s step (XL at 2048) 10. CPU: the main job must measure all its points within 3
@@ -20,11 +26,13 @@ DTYPES = ("bf16", "fp16", "fp32")  # autocast dtypes; weights and optimizer stat
 # fp32 (0.085 vs 0.88 img/s). One intra-op thread: on 2 shared cores PyTorch's spinning OpenMP
 # threads made a DiT-S/2 step at 64 px take 2.5-6.7 s instead of 0.35 s. 60 s per point: the
 # slowest point of the CPU job, DiS at 64 px, took 11 s (DiS at 128 px: 26 s).
+# Execution modes: all three on a GPU (each family at its best, and the paper's eager protocol); eager
+# on a CPU (no CUDA graphs; Inductor took 145 s to compile DiT-S/2 on these 2 cores).
 DEVICE_DEFAULTS = {
     "cuda": {"warmup": 3, "min_reps": 10, "min_time_s": 2.0, "max_reps": 100, "timeout_s": 600.0,
-             "threads": 0, "dtype": "bf16"},
+             "threads": 0, "dtype": "bf16", "exec_modes": EXEC_MODES},
     "cpu": {"warmup": 1, "min_reps": 2, "min_time_s": 0.0, "max_reps": 2, "timeout_s": 60.0,
-            "threads": 1, "dtype": "fp32"},
+            "threads": 1, "dtype": "fp32", "exec_modes": ("eager",)},
 }
 
 # ---------------------------------------------------------------------------------- the grids
@@ -68,13 +76,16 @@ class PointSpec:
     batch: int = key_field()
     mode: str = key_field("train")
     dtype: str | None = key_field()
+    exec_mode: str = key_field("eager")  # rows written before execution modes existed ran eager
     device: str = "cpu"
+    compile_mode: str = DEFAULT_COMPILE_MODE  # torch.compile's mode, for exec_mode "compile"
     warmup: int | None = None
     min_reps: int | None = None
     min_time_s: float | None = None
     max_reps: int | None = None
     threads: int | None = None  # torch intra-op threads; 0 leaves torch's default (all cores)
     plugins: tuple = ()
+    profile_steps: int = 0  # > 0: after timing, profile this many steps (bench.py profile)
 
     def __post_init__(self):
         for name, default in DEVICE_DEFAULTS[self.device].items():
@@ -91,7 +102,7 @@ class PointSpec:
 
     def label(self) -> str:
         return (f"{self.family}-{self.size}/{self.patch} {self.resolution}px b{self.batch} {self.mode} "
-                f"{self.dtype}")
+                f"{self.dtype} {self.exec_mode}")
 
 
 KEY_FIELDS = tuple(f.name for f in fields(PointSpec) if f.metadata.get("key"))
@@ -133,6 +144,8 @@ class SweepSettings:
     device: str
     patch: int = 2
     modes: tuple = ("train",)
+    exec_modes: tuple | None = None
+    compile_mode: str = DEFAULT_COMPILE_MODE
     batch: int | None = None
     tokens: int | None = None
     dtype: str | None = None
@@ -157,7 +170,8 @@ def check_grid(settings: SweepSettings) -> None:
     for family in settings.families:
         get_family(family)
     for values, known, what in ((settings.sizes, SIZES, "size"), (settings.modes, MODES, "mode"),
-                                ((settings.dtype,) if settings.dtype else (), DTYPES, "dtype")):
+                                ((settings.dtype,) if settings.dtype else (), DTYPES, "dtype"),
+                                (settings.exec_modes or (), EXEC_MODES, "execution mode")):
         unknown = [value for value in values if value not in known]
         if unknown:
             raise ValueError(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}.")
@@ -167,13 +181,16 @@ def check_grid(settings: SweepSettings) -> None:
 
 
 def plan(settings: SweepSettings) -> list[PointSpec]:
-    """All points of the sweep, in size, resolution, family, mode order; ValueError on bad input."""
+    """All points of the sweep, in size, resolution, family, mode, execution mode order; ValueError on
+    bad input."""
     check_grid(settings)
     steps = {name: settings.setting(name) for name in ("warmup", "min_reps", "min_time_s", "threads")}
     return [PointSpec(family=family, size=size, patch=settings.patch, resolution=resolution,
                       batch=batch_for(resolution, settings.patch, settings.batch, settings.tokens),
-                      mode=mode, dtype=settings.setting("dtype"), device=settings.device,
+                      mode=mode, dtype=settings.setting("dtype"), exec_mode=exec_mode, device=settings.device,
+                      compile_mode=settings.compile_mode,
                       max_reps=max(settings.setting("max_reps"), steps["min_reps"]),
                       plugins=tuple(str(Path(p).resolve()) for p in settings.plugins), **steps)
             for size in settings.sizes for resolution in settings.resolutions
-            for family in settings.families for mode in settings.modes]
+            for family in settings.families for mode in settings.modes
+            for exec_mode in settings.setting("exec_modes")]

@@ -240,3 +240,13 @@ class ReferenceDiG(PatchDiffusionModel):
         """x [N, C, I, I] latents, t [N] timesteps, y [N] labels -> [N, out_channels, I, I]."""
         tokens, c = self.embed(x, t, y)
         return self.decode(self.forward_blocks(tokens, c), c)
+
+
+def create_reference_model(name, input_size, **kwargs):
+    """ReferenceDiG (or U-DiG) by the registry's name ("DiG-S/2", "U-DiG-XL/2"), with its configuration."""
+    from .dig import DiG_models
+
+    if name not in DiG_models:
+        raise ValueError(f"no DiG or U-DiG called {name!r}; known: {', '.join(DiG_models)}.")
+    factory = DiG_models[name]
+    return ReferenceDiG(input_size=input_size, **factory.keywords, **kwargs)

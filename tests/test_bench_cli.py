@@ -21,7 +21,8 @@ from bench.spec import CPU_GRID
 
 REPO = Path(__file__).resolve().parent.parent
 STANDINS = Path(__file__).with_name("test_bench_standins.py")
-COMMANDS = ("all", "sweep", "fig2", "fig3", "kernels", "tune", "plot", "report", "merge", "env")
+COMMANDS = ("all", "sweep", "fig2", "fig3", "kernels", "tune", "profile", "plot", "report", "merge", "env",
+            "scale")
 READ_ONLY_DIR = Path("/sys/kernel")  # root ignores file modes; sysfs refuses new files even to root
 
 
@@ -198,7 +199,7 @@ def test_sweep_then_report_on_a_stand_in(tmp_path, capsys):
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "1 measured, 0 already there" in captured.out
-    assert "StandIn-S/2 64px b1 train fp32: ok" in captured.err  # --no-progress keeps the point lines
+    assert "StandIn-S/2 64px b1 train fp32 eager: ok" in captured.err  # --no-progress keeps the point lines
     assert main(argv) == 0
     assert "0 measured, 1 already there" in capsys.readouterr().out
     assert main(["report", "--out", out]) == 0

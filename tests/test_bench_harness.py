@@ -132,8 +132,8 @@ def test_a_hanging_point_is_killed_at_its_timeout_with_a_heartbeat_meanwhile(tmp
     row = points(csv_path)[("StandIn-Slow", 64)]["throughput"]
     assert (row["status"], row["error"]) == ("error", "timed out after 4 s (per-point --timeout)")
     err = capsys.readouterr().err  # off a terminal, a line per heartbeat while the point runs
-    assert "StandIn-Slow-S/2 64px b2 train fp32: running for 1 s (limit 4 s)" in err
-    assert "StandIn-Slow-S/2 64px b2 train fp32: error: timed out after 4 s" in err
+    assert "StandIn-Slow-S/2 64px b2 train fp32 eager: running for 1 s (limit 4 s)" in err
+    assert "StandIn-Slow-S/2 64px b2 train fp32 eager: error: timed out after 4 s" in err
 
 
 def test_resume_counts_only_this_machines_rows(measured_csv, tmp_path):
@@ -153,7 +153,7 @@ def test_every_key_field_is_a_column_and_step_defaults_have_one_home():
     spec = PointSpec("StandIn", "S", 2, 64, batch=1, device="cpu")
     for name in ("warmup", "min_reps", "max_reps", "threads", "dtype"):
         assert getattr(spec, name) == DEVICE_DEFAULTS["cpu"][name]
-    assert KEY_DEFAULTS == {"mode": "train"}  # a row written before a key field existed takes these
+    assert KEY_DEFAULTS == {"mode": "train", "exec_mode": "eager"}  # what rows older than a key field read
 
 
 def test_a_cli_sweep_plans_once(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 from bench import claims, figures, report
 from bench.cli import main
 from bench.csvstore import write as write_rows
+from bench.frames import exec_view as frame_view
 from bench.kernel_bench import KernelRun, KernelSettings
 from bench.results import load_frame
 from bench.schema import MODEL_COLUMNS
@@ -22,11 +23,12 @@ STANDINS = Path(__file__).with_name("test_bench_standins.py")
 MAMBA, REFERENCE = "scan=mamba_ssm selective_scan_fn", "scan=reference (PyTorch)"
 
 
-def point(family, size, resolution, batch, img_s, mem_gib=None, backend="fast"):
+def point(family, size, resolution, batch, img_s, mem_gib=None, backend="fast", exec_mode="eager"):
     """Throughput + memory rows of one training point; img_s None means out of memory."""
     status = "OOM" if img_s is None else "ok"
     base = dict(ENV, family=family, model=f"{PREFIX[family]}-{size}/2", size=size, patch=2,
                 resolution=resolution, tokens=(resolution // 16) ** 2, batch=batch, mode="train",
+                exec_mode=exec_mode,
                 status=status, error="CUDA out of memory" if img_s is None else "", backend=backend,
                 dtype="bf16", n_reps=10)
     values = [("throughput", "img/s", img_s), ("peak_mem_alloc", "GiB", mem_gib)]
@@ -71,7 +73,7 @@ def test_claims_are_computed_from_the_rows(results_dir):
     frame = load_frame(results_dir / "models.csv")
     speed = claim_result(frame, "DiG-S/2 is 2.5x")
     assert (speed["measured"], speed["verdict"]) == ("2.50x", "holds")
-    assert speed["rows"] == "DiG-S/2 1792px b4: 50 img/s; DiT-S/2 1792px b4: 20 img/s"
+    assert speed["rows"] == "DiG-S/2 1792px b4 eager: 50 img/s; DiT-S/2 1792px b4 eager: 20 img/s"
     memory = claim_result(frame, "DiG-S/2 uses 75.7%")
     assert memory["measured"] == "75.0% less" and memory["verdict"].startswith("weaker")
     assert claim_result(frame, "DiG-XL/2 is 4.2x")["measured"] == "4.00x"
@@ -84,6 +86,22 @@ def test_claims_are_computed_from_the_rows(results_dir):
     assert "DiS" not in crossover
     efficiency = claims.efficiency_claim(frame)
     assert efficiency["verdict"] == "holds (not measured: DiS)"
+
+
+def test_best_view_takes_each_points_fastest_execution_mode():
+    """exec_view("best"): per point the mode with the highest ok throughput, its memory row with it;
+    a point where no mode ran keeps its eager rows (its OOM shows)."""
+    rows = (point("DiG", "S", 256, 4, 50.0, 1.0) + point("DiG", "S", 256, 4, 500.0, 1.2, exec_mode="graph")
+            + point("DiG", "S", 256, 4, 60.0, 0.9, exec_mode="compile")
+            + point("DiT", "S", 2048, 4, None) + point("DiT", "S", 2048, 4, None, exec_mode="graph"))
+    frame = load_frame_from_rows(rows)
+    best = frame_view(frame, "best")
+    dig = best[best["family"] == "DiG"].set_index("metric")
+    assert set(dig["exec_mode"]) == {"graph"} and dig.loc["throughput", "median"] == 500.0
+    assert dig.loc["peak_mem_alloc", "median"] == 1.2
+    dit = best[best["family"] == "DiT"]
+    assert set(dit["exec_mode"]) == {"eager"} and set(dit["status"]) == {"OOM"}
+    assert set(frame_view(frame, "eager")["exec_mode"]) == {"eager"}
 
 
 def test_claims_without_rows_say_not_measured():
@@ -113,10 +131,11 @@ def test_report_command_writes_figures_and_the_claims_table(results_dir, capsys)
     report = (results_dir / "REPORT.md").read_text()
     assert "| DiG-S/2 is 2.5x faster than DiT-S/2 at 1792x1792 | 2.5x | 2.50x | holds |" in report
     assert "| 75.7% less | 75.0% less |" in report
-    assert "![Fig. 2: S/2 training speed and memory vs resolution](fig2.png)" in report
+    assert "![Fig. 2 (eager): S/2 training speed and memory vs resolution](fig2.png)" in report
     assert "## Measurement protocol" in report and "NVIDIA H200" in report
     assert "(CPU run: CPU numbers" not in report  # the fixture is a GPU run
-    assert "| DiS (reference scan, not the DiS speed) |" in report  # the figures' label, never plain "DiS"
+    # the figures' label, never plain "DiS"
+    assert "| DiS (reference scan, not the DiS speed) (eager) |" in report
     assert "# DiG efficiency benchmark on NVIDIA H200, host gpu-host" in report
     assert "T=32" in report and "chunk_gla_torch float64" in report  # kernel table and its reference
     assert "sdpa-flash" in report and "needs a CUDA GPU" in report  # unavailable provider listed with reason
@@ -135,8 +154,8 @@ def test_claims_use_the_largest_batch_both_ran_and_show_the_oom_beside_it():
     frame = load_frame_from_rows(rows)
     speed = claim_result(frame, "DiG-S/2 is 2.5x")
     assert (speed["measured"], speed["verdict"]) == ("4.00x at b1", "holds")
-    assert speed["rows"] == ("DiG-S/2 1792px b1: 16 img/s; DiT-S/2 1792px b1: 4 img/s; "
-                             "DiG-S/2 1792px b4: 40 img/s; DiT-S/2 1792px b4: OOM")
+    assert speed["rows"] == ("DiG-S/2 1792px b1 eager: 16 img/s; DiT-S/2 1792px b1 eager: 4 img/s; "
+                             "DiG-S/2 1792px b4 eager: 40 img/s; DiT-S/2 1792px b4 eager: OOM")
     assert claim_result(frame, "DiG-S/2 uses 75.7%")["measured"] == "80.0% less at b1"
 
 
@@ -209,9 +228,9 @@ def test_a_new_run_shows_the_reference_results_beside_its_own(tmp_path, monkeypa
     assert main(["report", "--out", str(new)]) == 0
     text = (new / "REPORT.md").read_text()
     assert "**NVIDIA H200, host ref-host** (`../reports/cpu/`, measured 2026-11-22 .. 2026-11-22" in text
-    assert "| DiG-S/2 256px b4 train bf16 | 60 | 30 | 2.00 |" in text
-    assert "| ![Fig. 2: S/2 training speed and memory vs resolution](fig2.png) | ![Fig. 2: S/2 training " \
-           "speed and memory vs resolution, reference](../reports/cpu/fig2.png) |" in text
+    assert "| DiG-S/2 256px b4 train bf16 eager | 60 | 30 | 2.00 |" in text
+    assert ("| ![Fig. 2 (eager): S/2 training speed and memory vs resolution](fig2.png) | ![Fig. 2 (eager): S/2 "
+            "training speed and memory vs resolution, reference](../reports/cpu/fig2.png) |") in text
     monkeypatch.setattr(report, "REFERENCE_DIR", new.parent / "results")  # a report of the references
     assert main(["report", "--out", str(new)]) == 0
     assert "Reference results" not in (new / "REPORT.md").read_text()

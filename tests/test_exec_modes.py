@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bench.exec_modes import ExecModeError, exec_label, prepare_step
-from bench.harness import failure_status
+from bench.point import failure_status
 from bench.registry import get_family
 from helpers import rel_err
 from models import create_model
