@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The GPU work of one device session, in phases, so that a few full calls do it all:
+#
+#   BENCH_GIT_COMMIT=<commit> bash scripts/h200_session.sh SECONDS PHASE [PHASE ...]
+#
+# SECONDS: wall time this call may use (the sweeps start no new point after it, less a margin for
+# the point in flight). Phases, run in the order given:
+#   builds    start the flash-attn, causal-conv1d and mamba-ssm builds in the background (one
+#             after the other, flash-attn first and alone, so its build time is its own; logs and
+#             a .ok marker each in .build/); later calls pick up what finished
+#   tests     the GPU tests (-m gpu) and the kernel tests that run on CUDA when there is no interpreter
+#   tests2    the GPU tests of the built baselines (flash-attn's DiT, DiS on mamba's fused path)
+#   profile   GPU time per kernel category, DiG-reference (before) vs DiG (after), S/2 2048 b4 and XL/2 2048 b2
+#   bar       the issues' points: S/2 b4 at 256, 512, 2048 px and XL/2 b2 at 2048 px, DiG and DiT-cuDNN, then
+#             Flash-DiT at S/2 256 and 2048 px, each in eager, compile and graph
+#   more      S/2 1024 px, DiG-reference and DiG-fla eager, the rest of Fig. 2 in eager
+# Results: .results/h200/ (kept while the machine stays warm), copied to $OUT at the end of every call.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+SECONDS_ALLOWED=$1
+shift
+DEADLINE=$(( $(date +%s) + SECONDS_ALLOWED ))
+RESULTS=.results/h200
+OUT=${OUT:-/tmp/h200_out}
+mkdir -p "$RESULTS" .build "$OUT"
+
+left() { echo $(( DEADLINE - $(date +%s) )); }
+
+python_path() {
+    # fla-core (pure Python) from the carried wheel; the builds that finished
+    if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    fi
+    local path=/tmp/site
+    for built in flash_attn/flash_attn-2.8.3 causal_conv1d/causal_conv1d-1.7.0 mamba/mamba_ssm-2.3.2.post1; do
+        [ -f ".build/${built%%/*}.ok" ] && path="$path:$PWD/.build/$built"
+    done
+    export PYTHONPATH="$PWD:$path"
+}
+
+phase_builds() {
+    if [ -f .build/builds.started ]; then echo "builds already started"; return; fi
+    touch .build/builds.started
+    setsid nohup bash -c '
+        for name in flash_attn causal_conv1d mamba; do
+            start=$(date +%s)
+            MAX_JOBS=16 bash scripts/build_$name.sh > .build/$name.log 2>&1 && touch .build/$name.ok
+            echo "$name: exit $? after $(( $(date +%s) - start )) s" >> .build/builds.log
+        done' > /dev/null 2>&1 &
+    echo "builds started in the background"
+}
+
+phase_tests() {
+    timeout $(( $(left) - 30 )) python3 -m pytest -q -rs -m gpu -p no:cacheprovider 2>&1 | tail -40
+    timeout $(( $(left) - 30 )) python3 -m pytest -q -rs -p no:cacheprovider tests/test_gla_scan_order.py \
+        tests/test_glue_kernels.py tests/test_gla_layer.py tests/test_norm_gate.py tests/test_gla_triton.py 2>&1 | tail -15
+}
+
+phase_tests2() {
+    timeout $(( $(left) - 30 )) python3 -m pytest -q -rs -p no:cacheprovider tests/test_dit_flash_gpu.py \
+        tests/test_dis_gpu.py "tests/test_models_gpu.py::test_every_backend_trains" 2>&1 | tail -25
+}
+
+sweep() {  # sweep ARGS...: one bench.py sweep into $RESULTS within the time left
+    local budget=$(( $(left) - 200 ))
+    if [ "$budget" -le 0 ]; then echo "no time left for: $*"; return; fi
+    python3 bench.py sweep --out "$RESULTS" --time-budget "$budget" --timeout 300 --no-progress "$@" 2>&1 \
+        | grep -v "running for"
+}
+
+phase_profile() {
+    local budget=$(( $(left) - 120 ))
+    python3 bench.py profile --out "$RESULTS" --models DiG-reference DiG DiT-cuDNN --sizes S --resolutions 2048 \
+        --batch 4 --exec eager --time-budget "$budget" --timeout 300 --no-progress 2>&1 | grep -v "running for"
+    budget=$(( $(left) - 120 ))
+    python3 bench.py profile --out "$RESULTS" --models DiG-reference DiG DiT-cuDNN --sizes XL --resolutions 2048 \
+        --batch 2 --exec eager --time-budget "$budget" --timeout 300 --no-progress 2>&1 | grep -v "running for"
+}
+
+phase_bar() {
+    sweep --models DiG DiT-cuDNN --sizes S --resolutions 256 2048 512 --batch 4 --exec eager graph compile
+    sweep --models DiG DiT-cuDNN --sizes XL --resolutions 2048 --batch 2 --exec eager graph compile
+    sweep --models Flash-DiT --sizes S --resolutions 256 2048 --batch 4 --exec eager graph compile
+}
+
+phase_more() {
+    sweep --models DiG DiT-cuDNN --sizes S --resolutions 1024 --batch 4 --exec eager graph compile
+    sweep --models DiG-reference DiG-fla --sizes S --resolutions 256 2048 --batch 4 --exec eager
+    sweep --models DiG-reference --sizes XL --resolutions 2048 --batch 2 --exec eager
+    sweep --models DiG DiT-cuDNN Flash-DiT DiT DiS --sizes S --resolutions 768 1280 1536 1792 --batch 4 --exec eager
+}
+
+python_path
+echo "== $(date -u +%FT%TZ) commit ${BENCH_GIT_COMMIT:-unset}; PYTHONPATH=$PYTHONPATH"
+nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv,noheader
+for phase in "$@"; do
+    echo "== phase $phase ($(left) s left)"
+    python_path  # a build may have finished meanwhile
+    "phase_$phase"
+done
+cat .build/builds.log 2>/dev/null
+for name in flash_attn causal_conv1d mamba; do
+    [ -f .build/$name.log ] && tail -4 .build/$name.log | sed "s/^/$name: /"
+done
+cp "$RESULTS"/*.csv "$OUT"/ 2>/dev/null
+tar -czf "$OUT/build_logs.tgz" .build/*.log 2>/dev/null
+ls -la "$OUT"
