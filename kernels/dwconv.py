@@ -123,7 +123,8 @@ def dwconv3x3_bwd(x: Tensor, taps: Tensor, dy: Tensor) -> tuple[Tensor, Tensor, 
     partial = torch.empty(x.shape[0], grid[0], WEIGHT_SLOTS.value, x.shape[2], device=x.device,
                           dtype=torch.float32)
     dwconv3x3_wgrad_kernel[grid](x, dy, partial, side, x.shape[2], num_warps=4)
-    dtaps = partial[:, :, :9].sum((0, 1)).t().reshape(taps.shape)  # [9, D] -> [D, 3, 3]
+    # [9, D] -> [D, 3, 3]; contiguous, as the fake implementation (and torch.compile) assumes
+    dtaps = partial[:, :, :9].sum((0, 1)).t().contiguous().view(taps.shape)
     return dx, dtaps.to(taps.dtype), partial[:, :, 9].sum((0, 1)).to(taps.dtype)
 
 
