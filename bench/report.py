@@ -139,6 +139,29 @@ def efficiency_section(frame: pd.DataFrame) -> str:
               "capture, outside the timed steps.")
 
 
+def profile_section(profile_csv: Path) -> str:
+    """Per profiled point: GPU ms per step and launches in the coarse split (bench.py profile)."""
+    from . import csvstore
+
+    _, rows = csvstore.read(profile_csv)
+    coarse = [row for row in rows if row["what"] == "coarse" and row["status"] == "ok"]
+    points = {}
+    for row in coarse:
+        label = (f"{row['family']}-{row['size']}/{row['patch']} {row['resolution']}px b{row['batch']} "
+                 f"{row['exec_mode']}")
+        points.setdefault(label, {"total": float(row["total_gpu_ms_per_step"])})[row["name"]] = (
+            float(row["gpu_ms_per_step"]), int(row["launches_per_step"]))
+    names = ("GEMM", "GLA", "attention", "everything else")
+    lines = []
+    for label, parts in points.items():
+        cells = [f"{parts[n][0]:.1f} ({100 * parts[n][0] / parts['total']:.0f}%)" if n in parts else ""
+                 for n in names]
+        lines.append([label, f"{parts['total']:.1f}", *cells, sum(parts[n][1] for n in names if n in parts)])
+    return (md_table(("point", "GPU ms/step", *[f"{n} ms" for n in names], "launches/step"), lines)
+            + f"\n\nFrom `{profile_csv.name}` (torch.profiler, CUDA kernels only, per step over the profiled "
+              "steps; the categories and the longest kernels are in the CSV; bench/profile.py).")
+
+
 def failures_section(frame: pd.DataFrame) -> str:
     rows = frame[(frame["metric"].isin(["throughput", "time"])) & ~frame["status"].isin(["ok", "OOM"])]
     if rows.empty:
@@ -281,6 +304,8 @@ def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figu
     tables = [t for t in tables if t]
     if tables:
         sections.append("## Results\n\n" + "\n\n".join(tables))
+    if (out_dir / "profile.csv").exists():
+        sections.append("## Where the GPU time goes\n\n" + profile_section(out_dir / "profile.csv"))
     failures = ["Models: " + failures_section(frame)]
     if kernels_csv is not None:
         kernels = load_frame(kernels_csv, KERNEL_REQUIRED, "kernels")
