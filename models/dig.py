@@ -38,6 +38,29 @@ def ffn_intermediate_size(hidden_size):
     return 256 * math.ceil(int(hidden_size * 8 / 3) / 256)
 
 
+def check_srem_switches(srem, srem_position, dwconv_identity_init):
+    """ValueError unless the Table 3 switches name a configuration that exists."""
+    if srem not in SREM_MODES:
+        raise ValueError(f"srem must be one of {', '.join(SREM_MODES)}; got {srem!r}.")
+    if srem_position not in SREM_POSITIONS:
+        raise ValueError(f"srem_position must be one of {', '.join(SREM_POSITIONS)}; got {srem_position!r}.")
+    if srem != "full" and (srem_position != "after_ffn" or not dwconv_identity_init):
+        raise ValueError(f"srem_position and dwconv_identity_init configure the SREM conv, which only "
+                         f"srem='full' has; got srem={srem!r}.")
+
+
+def initialize_dig_weights(model):
+    """DiT init, then fla's GLA init inside each block and the SREM conv as the identity (DiG and the
+    reference formulation alike)."""
+    PatchDiffusionModel.initialize_weights(model)
+    for block in model.blocks:
+        block.attn.reset_parameters()
+        if block.dw_conv is not None and model.dwconv_identity_init:
+            nn.init.zeros_(block.dw_conv.weight)
+            nn.init.ones_(block.dw_conv.weight[:, :, 1, 1])  # centre tap: conv(x) = x
+            nn.init.zeros_(block.dw_conv.bias)
+
+
 def block_scan_orders(depth, srem):
     """The scan order of each block: the 4-cycle with SREM, raster/reversed when bidirectional."""
     cycle = {"full": ("raster", "reversed", "column", "reversed_column"),
@@ -153,14 +176,7 @@ class DiG(PatchDiffusionModel):
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=18,
                  class_dropout_prob=0.1, num_classes=1000, learn_sigma=True, gla_backend="auto",
                  srem="full", srem_position="after_ffn", dwconv_identity_init=True, long_skip=False):
-        if srem not in SREM_MODES:
-            raise ValueError(f"srem must be one of {', '.join(SREM_MODES)}; got {srem!r}.")
-        if srem_position not in SREM_POSITIONS:
-            raise ValueError(f"srem_position must be one of {', '.join(SREM_POSITIONS)}; "
-                             f"got {srem_position!r}.")
-        if srem != "full" and (srem_position != "after_ffn" or not dwconv_identity_init):
-            raise ValueError(f"srem_position and dwconv_identity_init configure the SREM conv, which only "
-                             f"srem='full' has; got srem={srem!r}.")
+        check_srem_switches(srem, srem_position, dwconv_identity_init)
         check_heads(hidden_size, num_heads, head_split=2)
         scan_orders = block_scan_orders(depth, srem)
         super().__init__(input_size, patch_size, in_channels, hidden_size, num_classes, class_dropout_prob,
@@ -177,14 +193,7 @@ class DiG(PatchDiffusionModel):
         self.initialize_weights()
 
     def initialize_weights(self):
-        """DiT init, then fla's GLA init inside each block and the SREM conv as the identity."""
-        super().initialize_weights()
-        for block in self.blocks:
-            block.attn.reset_parameters()
-            if block.dw_conv is not None and self.dwconv_identity_init:
-                nn.init.zeros_(block.dw_conv.weight)
-                nn.init.ones_(block.dw_conv.weight[:, :, 1, 1])  # centre tap: conv(x) = x
-                nn.init.zeros_(block.dw_conv.bias)
+        initialize_dig_weights(self)
 
     def forward_blocks(self, x, c):
         """Tokens [N, T, D] in raster order -> [N, T, D] in raster order, through every block."""

@@ -21,8 +21,8 @@ from torch import nn
 from kernels import interpreting
 
 from .common import BackendUnavailableError, PatchDiffusionModel, adaln_modulation, check_heads, modulate
-from .dig import SREM_MODES, SREM_POSITIONS, ffn_intermediate_size
-from .gla_layer import GATE_LOGIT_NORMALIZER, GATE_LOW_RANK_DIM, output_norm, resolve_gla_backend
+from .dig import check_srem_switches, ffn_intermediate_size, initialize_dig_weights
+from .gla_layer import GATE_LOGIT_NORMALIZER, GATE_LOW_RANK_DIM, output_norm, set_heads
 
 
 class ReferenceGatedLinearAttention(nn.Module):
@@ -31,12 +31,7 @@ class ReferenceGatedLinearAttention(nn.Module):
 
     def __init__(self, hidden_size, num_heads, gla_backend="auto"):
         super().__init__()
-        check_heads(hidden_size, num_heads, head_split=2)  # K = D / (2H) must be an integer
-        self.num_heads = num_heads
-        self.head_k_dim = hidden_size // (2 * num_heads)  # expand_k = 0.5
-        self.head_v_dim = hidden_size // num_heads  # expand_v = 1
-        self.backend, self.gla_fn = resolve_gla_backend(gla_backend)
-        key_dim = hidden_size // 2
+        key_dim = set_heads(self, hidden_size, num_heads, gla_backend)
         self.q_proj = nn.Linear(hidden_size, key_dim, bias=False)
         self.k_proj = nn.Linear(hidden_size, key_dim, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -162,14 +157,7 @@ class ReferenceDiG(PatchDiffusionModel):
     def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=18,
                  class_dropout_prob=0.1, num_classes=1000, learn_sigma=True, gla_backend="auto",
                  srem="full", srem_position="after_ffn", dwconv_identity_init=True, long_skip=False):
-        if srem not in SREM_MODES:
-            raise ValueError(f"srem must be one of {', '.join(SREM_MODES)}; got {srem!r}.")
-        if srem_position not in SREM_POSITIONS:
-            raise ValueError(f"srem_position must be one of {', '.join(SREM_POSITIONS)}; "
-                             f"got {srem_position!r}.")
-        if srem != "full" and (srem_position != "after_ffn" or not dwconv_identity_init):
-            raise ValueError(f"srem_position and dwconv_identity_init configure the SREM conv, which only "
-                             f"srem='full' has; got srem={srem!r}.")
+        check_srem_switches(srem, srem_position, dwconv_identity_init)
         check_heads(hidden_size, num_heads, head_split=2)
         super().__init__(input_size, patch_size, in_channels, hidden_size, num_classes, class_dropout_prob,
                          learn_sigma)
@@ -192,14 +180,7 @@ class ReferenceDiG(PatchDiffusionModel):
         self.initialize_weights()
 
     def initialize_weights(self):
-        """DiT init, then fla's GLA init inside each block and the SREM conv as the identity."""
-        super().initialize_weights()
-        for block in self.blocks:
-            block.attn.reset_parameters()
-            if block.dw_conv is not None and self.dwconv_identity_init:
-                nn.init.zeros_(block.dw_conv.weight)
-                nn.init.ones_(block.dw_conv.weight[:, :, 1, 1])  # centre tap: conv(x) = x
-                nn.init.zeros_(block.dw_conv.bias)
+        initialize_dig_weights(self)
 
     def rescan(self, x, layer):
         """Reorder the tokens after block `layer` into the next block's scan order."""

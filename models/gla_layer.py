@@ -104,17 +104,23 @@ def fuse_legacy_projections(state_dict, prefix):
         state_dict[f"{prefix}gate_up.{field}"] = state_dict.pop(f"{prefix}gk_proj.1.{field}")
 
 
+def set_heads(layer, hidden_size, num_heads, gla_backend):
+    """A GLA layer's head layout (num_heads, head_k_dim = D/2H, head_v_dim = D/H) and backend (backend,
+    gla_fn) as attributes of `layer`; returns the key width D/2."""
+    check_heads(hidden_size, num_heads, head_split=2)  # K = D / (2H) must be an integer
+    layer.num_heads = num_heads
+    layer.head_k_dim = hidden_size // (2 * num_heads)  # expand_k = 0.5
+    layer.head_v_dim = hidden_size // num_heads  # expand_v = 1
+    layer.backend, layer.gla_fn = resolve_gla_backend(gla_backend)
+    return hidden_size // 2
+
+
 class GatedLinearAttention(nn.Module):
     """GLA token mixer [N, T, D] -> [N, T, D] over the token grid, scanned in a given scan order."""
 
     def __init__(self, hidden_size, num_heads, gla_backend="auto"):
         super().__init__()
-        check_heads(hidden_size, num_heads, head_split=2)  # K = D / (2H) must be an integer
-        self.num_heads = num_heads
-        self.head_k_dim = hidden_size // (2 * num_heads)  # expand_k = 0.5
-        self.head_v_dim = hidden_size // num_heads  # expand_v = 1
-        self.backend, self.gla_fn = resolve_gla_backend(gla_backend)
-        key_dim = hidden_size // 2
+        key_dim = set_heads(self, hidden_size, num_heads, gla_backend)
         # rows: q (D/2), k (D/2), v (D), output gate (D), forget gate low rank (16)
         self.projection_sizes = (key_dim, key_dim, hidden_size, hidden_size, GATE_LOW_RANK_DIM)
         self.in_proj = nn.Linear(hidden_size, sum(self.projection_sizes), bias=False)
