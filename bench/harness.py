@@ -91,8 +91,12 @@ def _one_line(error: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------- child side
 
-def make_step(model: torch.nn.Module, spec: PointSpec):
-    """A closure running one training or inference step on fresh random inputs of the point."""
+def make_step(model: torch.nn.Module, spec: PointSpec, loss_fn=F.mse_loss, after_backward=None):
+    """A closure running one training or inference step on fresh random inputs of the point.
+
+    Training: loss_fn(output in fp32, a random target of the output's shape), backward, then
+    after_backward() if given (a gradient exchange of the caller's), then the AdamW step.
+    """
     device, n, size = spec.device, spec.batch, spec.latent_size
     x = torch.randn(n, 4, size, size, device=device)
     t = torch.randint(0, 1000, (n,), device=device)
@@ -119,8 +123,10 @@ def make_step(model: torch.nn.Module, spec: PointSpec):
             out = model(x, t, y)
         if not target:
             target.append(torch.randn(out.shape, device=device))
-        loss = F.mse_loss(out.float(), target[0])
+        loss = loss_fn(out.float(), target[0])
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train_step
