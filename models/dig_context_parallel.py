@@ -44,7 +44,9 @@ and broadcasts, so that c agrees on every rank.
 
 What this gives up against one GPU: the fused GLA layer op (kernels.gla_layer.gla_layer) and the
 Triton SREM conv (it needs the whole square grid); the layer's PyTorch ops run around the local
-chunk_gla instead, and the conv is F.conv2d with a one-row halo.
+chunk_gla instead, and the conv is F.conv2d with a one-row halo. The state exchange keeps 13 D bytes
+per token and layer more for backward than the one-process model (bf16 autocast, CPU, slope between
+64 and 256 tokens): segment_state's fp32 tensors and the fp32 log gate it reads.
 """
 
 import torch
