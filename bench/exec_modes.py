@@ -76,15 +76,18 @@ class TrainStep:
     """One training step of `forward` (the model or its compiled twin) on fixed inputs x [N, 4, I, I],
     t [N], y [N]. Grads are zeroed at the start of the step, so afterwards they hold its gradients."""
 
-    def __init__(self, forward, optimizer, x, t, y, dtype, in_graph=False):
+    def __init__(self, forward, optimizer, x, t, y, dtype, in_graph=False, loss_fn=F.mse_loss,
+                 after_backward=None):
         self.forward, self.optimizer, self.inputs, self.dtype = forward, optimizer, (x, t, y), dtype
         self.in_graph = in_graph
-        self.target = None  # [N, C_out, I, I], drawn at the first (warm-up) step, once the shape is known
+        self.loss_fn = loss_fn  # (output in fp32, target) -> loss
+        self.after_backward = after_backward  # e.g. a gradient exchange of the caller's (context parallel)
+        self.target = None  # the output's shape, drawn at the first (warm-up) step, once the shape is known
 
     def loss(self, out: torch.Tensor) -> torch.Tensor:
         if self.target is None:
             self.target = torch.randn(out.shape, device=out.device)
-        return F.mse_loss(out.float(), self.target)
+        return self.loss_fn(out.float(), self.target)
 
     def __call__(self) -> torch.Tensor:
         x = self.inputs[0]
@@ -92,6 +95,8 @@ class TrainStep:
         with autocast(x.device.type, self.dtype, cache_enabled=not self.in_graph):
             out = self.forward(*self.inputs)
         self.loss(out).backward()
+        if self.after_backward is not None:
+            self.after_backward()
         self.optimizer.step()
         return out
 

@@ -1,4 +1,5 @@
-"""`python bench.py scale`: data-parallel training throughput on 1, 2, 4, 8 GPUs (DDP or FSDP2).
+"""`python bench.py scale`: training throughput on 1, 2, 4, 8 GPUs: data parallel (DDP or FSDP2), or
+context parallel (DiG: each image's tokens split over the GPUs).
 
 Each point (family, size, patch, resolution, batch per GPU, dtype, strategy, world size) is one
 `torchrun` launch of this module on world_size processes, NCCL on GPUs (gloo with one process per
@@ -6,14 +7,21 @@ core on the CPU, a smoke test). Every rank builds the family's model (bench.regi
 DDP, or shards it with FSDP2 (`fully_shard` on each block, then the root, for models whose weights,
 gradients and AdamW state do not fit on one GPU), and runs the harness's training step
 (bench.harness: bf16 autocast, AdamW) on its own batch: weak scaling, the global batch is world_size
-times the per-GPU batch. Every rank runs the same number of steps (a rank that stopped early would
-leave the others waiting in the gradient all-reduce). A step's time is the slowest rank's time.
+times the per-GPU batch. Strategy "cp" (DiG families, for images too large for one GPU) instead
+splits each image's token grid over all ranks (models.dig_context_parallel.ContextParallelDiG: rows
+of the grid per rank, the residual stream in columns around the column scans): every rank takes the
+same `batch` images and holds 1/world_size of each image's tokens, the loss is each rank's share of
+the images' MSE and the gradients are summed over the ranks before the AdamW step: strong scaling,
+`batch` images per step whatever the world size. Every rank runs the same number of steps (a rank
+that stopped early would leave the others waiting in a collective). A step's time is the slowest
+rank's time.
 
 Rows go to <out>/scaling.csv, long format like models.csv plus world_size, strategy and the launch
 command: throughput (img/s, all GPUs together), peak memory per GPU (GiB, the largest rank's
 max_memory_allocated; peak RSS per process on the CPU), n_params, and scaling_efficiency =
-throughput / (world_size x the 1-GPU throughput of the same point), "unavailable" when there is no
-1-GPU row to compare with. A world size above the GPUs visible gives "unavailable" rows, measured
+throughput / (world_size x the 1-GPU throughput of the same point and strategy; under cp the strong
+scaling efficiency), "unavailable" when there is no 1-GPU row to compare with (XL/2 at 4096 px is not
+expected to fit one GPU). A world size above the GPUs visible gives "unavailable" rows, measured
 on the next run where enough GPUs are. Points already in the file are skipped (--force re-measures).
 
 The launch sets NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1 in
@@ -22,6 +30,7 @@ down, and data-parallel all-reduces do not need it.
 """
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -42,7 +51,7 @@ from .spec import PointSpec, check_point_args
 NVLINK_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                         "NVSHMEM_DISABLE_NVLS": "1"}
 WORLD_SIZES = (1, 2, 4, 8)
-STRATEGIES = ("ddp", "fsdp")
+STRATEGIES = ("ddp", "fsdp", "cp")
 SCALE_CSV = "scaling.csv"
 SCALE_COLUMNS = [*MODEL_COLUMNS, "world_size", "strategy", "launch"]
 SCALE_KEY = (*MODEL_KEY, "world_size", "strategy")
@@ -54,12 +63,14 @@ DEFAULTS = {
     "cpu": dict(families=("DiG",), sizes=("S",), resolutions=(64,), batch=1, warmup=1, reps=2, threads=1,
                 timeout_s=180.0),
 }
-HELP = "data-parallel scaling: training img/s and memory per GPU at 1, 2, 4, 8 GPUs (DDP or FSDP2)"
+HELP = ("multi-GPU scaling: training img/s and memory per GPU at 1, 2, 4, 8 GPUs (DDP, FSDP2, or context "
+        "parallel for DiG)")
 
 
 @dataclass(frozen=True)
 class ScaleSpec:
-    """One launch: a model's training step on world_size processes, batch images per process."""
+    """One launch: a model's training step on world_size processes, batch images per process (per
+    step in all under cp, each split over the processes)."""
 
     family: str
     size: str
@@ -77,12 +88,18 @@ class ScaleSpec:
 
     def point(self) -> PointSpec:
         """The harness's point for one rank, timing exactly `reps` steps (no time criterion)."""
-        return PointSpec(self.family, self.size, self.patch, self.resolution, self.batch, "train", self.dtype,
-                         self.device, warmup=self.warmup, min_reps=self.reps, min_time_s=0.0,
-                         max_reps=self.reps, threads=self.threads, plugins=self.plugins)
+        return PointSpec(family=self.family, size=self.size, patch=self.patch, resolution=self.resolution,
+                         batch=self.batch, mode="train", dtype=self.dtype, exec_mode="eager",
+                         device=self.device, warmup=self.warmup, min_reps=self.reps, min_time_s=0.0, max_reps=self.reps,
+                         threads=self.threads, plugins=self.plugins)
 
     def label(self) -> str:
         return f"{self.point().label()} x{self.world_size} {self.strategy}"
+
+    @property
+    def images_per_step(self) -> int:
+        """All ranks together: batch per rank (data parallel), or batch split over the ranks (cp)."""
+        return self.batch if self.strategy == "cp" else self.world_size * self.batch
 
 
 # ------------------------------------------------------------------------------- rank side
@@ -103,13 +120,36 @@ def shard_model(model, strategy, device):
     return fully_shard(model)
 
 
+def training_step(model, spec: ScaleSpec):
+    """(the model as the strategy runs it, its training step on this rank's inputs)."""
+    import torch
+    import torch.distributed as dist
+
+    from .exec_modes import TrainStep
+    from .point import AUTOCAST_DTYPES, point_inputs
+
+    def step_of(model, **hooks):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=spec.device == "cuda")
+        return TrainStep(model, optimizer, *point_inputs(spec.point()), AUTOCAST_DTYPES[spec.dtype], **hooks)
+
+    if spec.strategy == "cp":
+        from models.dig_context_parallel import ContextParallelDiG, all_reduce_gradients
+
+        model = ContextParallelDiG(model)
+        torch.manual_seed(1)  # the same images on every rank: each rank holds its rows of each
+        return model, step_of(model, loss_fn=model.local_mse_loss,
+                              after_backward=functools.partial(all_reduce_gradients, model))
+    model = shard_model(model, spec.strategy, spec.device)
+    torch.manual_seed(1 + dist.get_rank())  # each rank its own batch, as in data-parallel training
+    return model, step_of(model)
+
+
 def measure_rank(spec: ScaleSpec) -> dict:
     """This rank's measurement; never raises (a failure is the result's status and error)."""
     import torch
     import torch.distributed as dist
 
-    from .exec_modes import TrainStep
-    from .point import AUTOCAST_DTYPES, failure_status, point_inputs, time_steps
+    from .point import failure_status, time_steps
 
     result = {"status": "ok", "error": "", "backend": "", "n_params": None, "step_seconds": [],
               "peak_mem_gib": None, "threads": ""}
@@ -127,10 +167,8 @@ def measure_rank(spec: ScaleSpec) -> dict:
         model = get_family(spec.family).create(spec.size, spec.patch, spec.point().latent_size, spec.device)
         result["backend"] = str(getattr(model, "backend_description", "not stated by the model"))
         result["n_params"] = sum(p.numel() for p in model.parameters())
-        model = shard_model(model, spec.strategy, spec.device)
-        torch.manual_seed(1 + dist.get_rank())  # each rank its own batch, as in data-parallel training
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
-        step = TrainStep(model, optimizer, *point_inputs(spec.point()), AUTOCAST_DTYPES[spec.dtype])
+        model, step = training_step(model, spec)
+        result["backend"] = str(getattr(model, "backend_description", result["backend"]))  # cp says so
         for _ in range(spec.warmup):
             step()
         if cuda:
@@ -141,7 +179,7 @@ def measure_rank(spec: ScaleSpec) -> dict:
             result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         # DDP's reducer must go before its process group: left to the interpreter's exit, gloo ranks
         # aborted there ("terminate called without an active exception") in 2 of 20 CPU launches
-        del step, optimizer, model
+        del step, model
         gc.collect()
         dist.destroy_process_group()
     except Exception as error:  # a failed rank is a result: status + message
@@ -267,8 +305,7 @@ def scale_rows(spec: ScaleSpec, result: dict, csv_path: Path) -> list[dict]:
     def single(value):
         return {"median": value, "p20": value, "p80": value, "n_reps": len(result["step_seconds"])}
 
-    images_per_step = spec.world_size * spec.batch
-    throughput = spread([images_per_step / s for s in result["step_seconds"]]) if ok else empty
+    throughput = spread([spec.images_per_step / s for s in result["step_seconds"]]) if ok else empty
     memory_metric = "peak_mem_alloc" if spec.device == "cuda" else "peak_mem_rss"
     memory = single(result["peak_mem_gib"]) if ok else empty
     rows = [dict(common, metric="throughput", unit="img/s", **throughput),
@@ -291,10 +328,31 @@ def plan(families, sizes, resolutions, world_sizes, patch, batch, strategy, dtyp
         get_family(family)
     for resolution in resolutions:
         check_point_args(resolution, patch, batch)
-    return [ScaleSpec(family, size, patch, resolution, batch, world_size, strategy, dtype, device, warmup,
-                      reps, threads, plugins)
-            for size in sizes for resolution in resolutions for family in families
-            for world_size in sorted(world_sizes)]
+    specs = [ScaleSpec(family, size, patch, resolution, batch, world_size, strategy, dtype, device, warmup,
+                       reps, threads, plugins)
+             for size in sizes for resolution in resolutions for family in families
+             for world_size in sorted(world_sizes)]
+    if strategy == "cp":
+        for spec in specs:
+            check_context_parallel(spec)
+    return specs
+
+
+def check_context_parallel(spec: ScaleSpec) -> None:
+    """ValueError unless spec's model is a DiG whose token grid splits evenly over its ranks."""
+    from models.dig_context_parallel import CONTEXT_PARALLEL_GLA_BACKENDS
+
+    family = get_family(spec.family)
+    backend = family.backend_kw(spec.device).get("gla_backend", "auto")
+    if family.prefix != "DiG" or backend not in ("auto", *CONTEXT_PARALLEL_GLA_BACKENDS):
+        raise ValueError(f"--strategy cp splits DiG's token grid over the GPUs: it runs DiG families whose "
+                         f"GLA backend is one of {', '.join(CONTEXT_PARALLEL_GLA_BACKENDS)}; "
+                         f"{spec.family} is not one.")
+    grid = spec.point().latent_size // spec.patch
+    if grid % spec.world_size:
+        raise ValueError(f"--strategy cp gives each GPU an equal block of rows of the {grid} x {grid} token "
+                         f"grid ({spec.resolution} px, patch {spec.patch}): world size {spec.world_size} "
+                         f"does not divide {grid}.")
 
 
 def spec_key(spec: ScaleSpec, machine: dict) -> tuple:
@@ -364,11 +422,14 @@ def add_scale_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="+", help="model sizes (default GPU S XL, CPU S)")
     parser.add_argument("--resolutions", nargs="+", help="image sizes in px (default GPU 1024, CPU 64)")
     parser.add_argument("--patch", type=int, default=2)
-    parser.add_argument("--batch", type=int, help="images per GPU per step (default GPU 4, CPU 1)")
+    parser.add_argument("--batch", type=int, help="images per GPU per step (default GPU 4, CPU 1); with "
+                        "--strategy cp, images per step, each split over all GPUs")
     parser.add_argument("--world-sizes", nargs="+", help="numbers of GPUs (default 1 2 4 8; more than the "
                         "GPUs visible gives 'unavailable' rows)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="ddp",
-                        help="ddp, or fsdp (FSDP2 fully_shard per block) for models that do not fit")
+                        help="ddp; fsdp (FSDP2 fully_shard per block) for models that do not fit; cp (DiG "
+                        "families: context parallel, each image's tokens split over all GPUs) for images "
+                        "that do not fit")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="autocast dtype")
     parser.add_argument("--warmup", type=int, help="untimed steps (default GPU 3, CPU 1)")
     parser.add_argument("--reps", type=int, help="timed steps, the same on every rank "

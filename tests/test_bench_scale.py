@@ -7,10 +7,11 @@ import pytest
 
 from bench.cli import UsageError
 from bench.results import load_frame
-from bench.scale import NVLINK_MULTICAST_OFF, add_scale_options, cmd_scale, combine, last_message
+from bench.scale import NVLINK_MULTICAST_OFF, ScaleSpec, add_scale_options, cmd_scale, combine, last_message
 
 # A family whose model reports, as its backend, what the rank saw: the launch's multicast settings
-# and the world size. Written as a plugin file, because every rank loads the families it runs.
+# and the world size; and a tiny DiG for --strategy cp (a 4 x 4 token grid at 64 px). Written as a
+# plugin file, because every rank loads the families it runs.
 ENV_PROBE_PLUGIN = textwrap.dedent(f"""
     import os
 
@@ -18,6 +19,7 @@ ENV_PROBE_PLUGIN = textwrap.dedent(f"""
     from torch import nn
 
     from bench.registry import Family, register
+    from models.dig import DiG
 
 
     class EnvProbe(nn.Module):
@@ -33,6 +35,9 @@ ENV_PROBE_PLUGIN = textwrap.dedent(f"""
 
 
     register(Family("EnvProbe", "EnvProbe", build=lambda name, input_size, **kw: EnvProbe()))
+    register(Family("TinyDiG", "DiG", lambda device: {{"gla_backend": "torch"}},
+                    build=lambda name, input_size, **kw: DiG(input_size, hidden_size=64, depth=4, num_heads=2,
+                                                             **kw)))
 """)
 
 
@@ -71,14 +76,30 @@ def test_scale_on_gloo_writes_throughput_memory_and_efficiency(tmp_path):
     assert cmd_scale(args) == {"measured": 1, "skipped": 2}  # done points stay; unavailable is re-checked
 
 
+def test_scale_context_parallel_splits_each_image_over_the_ranks(tmp_path):
+    args = scale_args(tmp_path, "--strategy", "cp", "--world-sizes", "2")
+    args.models = ["TinyDiG"]
+    assert cmd_scale(args) == {"measured": 1, "skipped": 0}
+    frame = load_frame(tmp_path / "out" / "scaling.csv").set_index("metric")
+    throughput = frame.loc["throughput"]
+    assert throughput["status"] == "ok" and throughput["median"] > 0 and throughput["strategy"] == "cp"
+    assert throughput["backend"].endswith("context parallel x2") and throughput["batch"] == 2
+    assert frame.loc["scaling_efficiency"]["status"] == "unavailable"  # no 1-process cp row
+
+
 def test_scale_rejects_bad_input_before_launching(tmp_path):
     for extra, message in ((["--world-sizes", "0"], "at least 1"), (["--resolutions", "60"], "multiple of"),
-                           (["--reps", "0"], "--reps must be at least 1")):
+                           (["--reps", "0"], "--reps must be at least 1"),
+                           (["--strategy", "cp"], "runs DiG families")):
         with pytest.raises(UsageError, match=message):
             cmd_scale(scale_args(tmp_path, *extra))
     args = scale_args(tmp_path)
     args.models = ["NoSuchFamily"]
     with pytest.raises(UsageError, match="unknown model family"):
+        cmd_scale(args)
+    args = scale_args(tmp_path, "--strategy", "cp", "--world-sizes", "2", "3")
+    args.models = ["TinyDiG"]
+    with pytest.raises(UsageError, match="world size 3 does not divide 4"):
         cmd_scale(args)
     assert not (tmp_path / "out").exists()
 
@@ -86,6 +107,11 @@ def test_scale_rejects_bad_input_before_launching(tmp_path):
 def rank_result(status="ok", steps=(), memory=None, error=""):
     return {"status": status, "error": error, "backend": "b", "n_params": 1, "step_seconds": list(steps),
             "peak_mem_gib": memory, "threads": 1}
+
+
+def test_images_per_step_are_per_rank_under_data_parallelism_and_shared_under_cp():
+    assert ScaleSpec("DiG", "S", 2, 64, batch=2, world_size=4).images_per_step == 8
+    assert ScaleSpec("DiG", "S", 2, 64, batch=2, world_size=4, strategy="cp").images_per_step == 2
 
 
 def test_combine_takes_the_slowest_rank_and_the_worst_failure():

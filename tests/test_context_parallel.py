@@ -6,16 +6,14 @@ the context-parallel version on its own block of tokens, and compares its block 
 of every input gradient (parameter gradients summed over the ranks) with the reference's.
 """
 
-import datetime
 import functools
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from bench.scale import NVLINK_MULTICAST_OFF
-from conftest import nan_fill_empty_factories
+from distributed import FP64_TOLERANCE, row_block, run_ranks
 from gla_cases import FP32_TOLERANCE, make_gates
 from helpers import assert_close_rel, rel_err
 from kernels.dwconv import depthwise_conv3x3_ref
@@ -30,36 +28,6 @@ from kernels.gla.context_parallel import (
 
 GRID = 8  # an 8 x 8 grid: 64 tokens, 4 rows per rank at 2 ranks, 2 rows at 4
 B, H, K, V, D = 2, 2, 4, 3, 5  # D: conv channels
-# The context-parallel result differs from the one-process one only in the order of float64 sums
-# (each ~1e-16 relative); 1e-10 leaves room for the 64-token accumulations and fails any real bug.
-FP64_TOLERANCE = 1e-10
-COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=60)  # a hung collective fails the test, not CI
-
-
-def run_ranks(world_size, tmp_path, check, backend="gloo"):
-    """Run check(rank, world_size, device) in world_size fresh processes of one process group."""
-    mp.spawn(_rank_main, args=(world_size, str(tmp_path / "rendezvous"), check, backend), nprocs=world_size)
-
-
-def _rank_main(rank, world_size, rendezvous, check, backend):
-    nan_fill_empty_factories()
-    torch.set_num_threads(1)  # 4 ranks share 2 cores
-    device = "cpu"
-    if backend == "nccl":
-        torch.cuda.set_device(rank)
-        device = f"cuda:{rank}"
-    dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world_size,
-                            timeout=COLLECTIVE_TIMEOUT)
-    try:
-        check(rank, world_size, device)
-    finally:
-        dist.destroy_process_group()
-
-
-def row_block(x, rank, world_size):
-    """Rank's block of the rows layout: [B, T, ...] raster -> [B, T / R, ...]."""
-    size = x.shape[1] // world_size
-    return x[:, rank * size:(rank + 1) * size]
 
 
 def column_block(x, rank, world_size, grid_size=GRID):

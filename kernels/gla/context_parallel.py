@@ -48,6 +48,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .naive import forget_gate_from_logits
 from .scan_order import SCAN_ORDERS
 from .torch_chunk import _exclusive_reverse_cumsum, chunk_gla_torch
 
@@ -171,29 +172,38 @@ def incoming_state(states, log_decays, rank, reverse):
     return (weights[..., None] * states).sum(0)
 
 
-def context_parallel_gla(q, k, v, g, group=None, scale=None, reverse=False, gla_fn=chunk_gla_torch):
+def context_parallel_gla(q, k, v, g, group=None, scale=None, reverse=False, gla_fn=chunk_gla_torch,
+                         gate_normalizer=None):
     """GLA over a sequence split in contiguous segments, segment r on rank r of `group`.
 
     q, k, g [B, T_local, H, K], v [B, T_local, H, V]: this rank's segment (the same T_local on
     every rank); reverse=True scans from the last token of the last rank down to the first token
     of rank 0. gla_fn: the local GLA with kernels.gla's signature (chunk_gla_torch; chunk_gla on
-    a GPU). Returns o [B, T_local, H, V], equal to the one-process GLA's output on this segment.
-    Collective: every rank of the group must call it, and run the backward.
+    a GPU). With gate_normalizer, g holds gate logits and the log gate is logsigmoid(g) /
+    gate_normalizer, as in kernels.gla: the local GLA forms it inside (in fp32, where a log gate
+    passed in would have to share q's dtype, bf16 under autocast). Returns o [B, T_local, H, V],
+    equal to the one-process GLA's output on this segment. Collective: every rank of the group
+    must call it, and run the backward.
     """
     rank = dist.get_rank(group)
     # the state stays fp32 under a caller's autocast: bf16 would round it at every rank boundary
     with torch.autocast(device_type=q.device.type, enabled=False):
+        log_gate = g
+        if gate_normalizer is not None:
+            logits = g.to(torch.promote_types(g.dtype, torch.float32))
+            log_gate = forget_gate_from_logits(logits, gate_normalizer)
         if reverse:  # the segment's own contribution is that of its time-reversed forward scan
-            state, log_decay = segment_state(k.flip(1), v.flip(1), g.flip(1))
+            state, log_decay = segment_state(k.flip(1), v.flip(1), log_gate.flip(1))
         else:
-            state, log_decay = segment_state(k, v, g)
+            state, log_decay = segment_state(k, v, log_gate)
         B, H, K, V = state.shape
         # one message: [B, H, K, V] state and [B, H, K] log decay, packed
         gathered = _AllGather.apply(torch.cat([state.flatten(), log_decay.flatten()]), group)
         states = gathered[:, :state.numel()].view(-1, B, H, K, V)
         log_decays = gathered[:, state.numel():].view(-1, B, H, K)
         initial_state = incoming_state(states, log_decays, rank, reverse)
-    o, _ = gla_fn(q, k, v, g, scale=scale, initial_state=initial_state, reverse=reverse)
+    o, _ = gla_fn(q, k, v, g, scale=scale, initial_state=initial_state, reverse=reverse,
+                  gate_normalizer=gate_normalizer)
     return o
 
 
@@ -230,7 +240,13 @@ def columns_to_rows(x, grid_size, group=None):
     return received.permute(1, 2, 0, 3, 4).reshape(B, T_local, *channels)  # [B, row, col block, col]
 
 
-def _to_layout(x, grid_size, group, source, target):
+def layout_of_scan(scan_order):
+    """The layout in which `scan_order`'s sequence is split in contiguous segments over the ranks."""
+    return "rows" if scan_order in ("raster", "reversed") else "columns"
+
+
+def to_layout(x, grid_size, group, source, target):
+    """x [B, T_local, *C] in layout `source` -> layout `target` (no exchange when they agree)."""
     if source == target:
         return x
     convert = rows_to_columns if target == "columns" else columns_to_rows
@@ -243,26 +259,27 @@ def _check_layout(layout):
 
 
 def cp_gla(q, k, v, g, scan_order, grid_size, group=None, layout="rows", gla_fn=chunk_gla_torch,
-           scale=None):
+           scale=None, gate_normalizer=None):
     """GLA of raster tokens split over `group` in `layout`, scanned in `scan_order` (SCAN_ORDERS).
 
     q, k, g [B, T_local, H, K], v [B, T_local, H, V] with T_local = grid_size^2 / R; returns
     o [B, T_local, H, V] in the same layout: o at raster token p(i) is the GLA output at sequence
     position i of the one-process scan (kernels.gla.chunk_gla_torch with scan_order). Column orders
     on the rows layout (and raster orders on the columns layout) pay one all-to-all in and one out
-    (module docstring).
+    (module docstring). gate_normalizer: g holds gate logits (context_parallel_gla).
     """
     _check_layout(layout)
     if scan_order not in SCAN_ORDERS:
         raise ValueError(f"scan_order must be one of {', '.join(SCAN_ORDERS)}; got {scan_order!r}.")
-    scan_layout = "rows" if scan_order in ("raster", "reversed") else "columns"
+    scan_layout = layout_of_scan(scan_order)
     reverse = scan_order in ("reversed", "reversed_column")
     if scan_layout != layout:
         key_dim = q.shape[-1]
-        packed = _to_layout(torch.cat([q, k, g, v], -1), grid_size, group, layout, scan_layout)
+        packed = to_layout(torch.cat([q, k, g, v], -1), grid_size, group, layout, scan_layout)
         q, k, g, v = packed.split([key_dim, key_dim, key_dim, v.shape[-1]], -1)
-    o = context_parallel_gla(q, k, v, g, group, scale=scale, reverse=reverse, gla_fn=gla_fn)
-    return _to_layout(o, grid_size, group, scan_layout, layout)
+    o = context_parallel_gla(q, k, v, g, group, scale=scale, reverse=reverse, gla_fn=gla_fn,
+                             gate_normalizer=gate_normalizer)
+    return to_layout(o, grid_size, group, scan_layout, layout)
 
 
 def cp_depthwise_conv3x3(x, taps, bias, grid_size, group=None, layout="rows"):
