@@ -90,7 +90,8 @@ class ScaleSpec:
         """The harness's point for one rank, timing exactly `reps` steps (no time criterion)."""
         return PointSpec(family=self.family, size=self.size, patch=self.patch, resolution=self.resolution,
                          batch=self.batch, mode="train", dtype=self.dtype, exec_mode="eager",
-                         device=self.device, warmup=self.warmup, min_reps=self.reps, min_time_s=0.0, max_reps=self.reps,
+                         device=self.device, warmup=self.warmup, min_reps=self.reps, min_time_s=0.0,
+                         max_reps=self.reps,
                          threads=self.threads, plugins=self.plugins)
 
     def label(self) -> str:
