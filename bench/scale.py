@@ -91,8 +91,7 @@ class ScaleSpec:
         return PointSpec(family=self.family, size=self.size, patch=self.patch, resolution=self.resolution,
                          batch=self.batch, mode="train", dtype=self.dtype, exec_mode="eager",
                          device=self.device, warmup=self.warmup, min_reps=self.reps, min_time_s=0.0,
-                         max_reps=self.reps,
-                         threads=self.threads, plugins=self.plugins)
+                         max_reps=self.reps, threads=self.threads, plugins=self.plugins)
 
     def label(self) -> str:
         return f"{self.point().label()} x{self.world_size} {self.strategy}"
