@@ -19,7 +19,8 @@ from models.dis import DIS_SIZES, BiMambaMixer, DiS, DiS_models, DiSBlock, SSMDi
 from models.mamba_scan import resolve_scan, selective_scan_ref
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# DiG's parameter counts at 256 px (REFERENCE.md section 2); DiS sizes are chosen to land within 5%.
+# DiG's parameter counts at 256 px (the DiG reference code's models, counted); DiS sizes are chosen to land
+# within 5%.
 DIG_PARAMS = {"S": 33.0e6, "B": 130.6e6, "L": 464.8e6, "XL": 675.7e6}
 
 

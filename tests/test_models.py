@@ -11,7 +11,8 @@ from models import BackendUnavailableError, count_parameters, create_model
 from models.dig import DiG
 from models.dit import DiT
 
-# Published counts in millions (DiT paper and the DiG reference code, REFERENCE.md sections 2 and 4).
+# Published counts in millions: the DiT paper (S/2 33.0M ... XL/2 675.1M) and the DiG reference code (its
+# models counted: S/2 33.0M, B/2 130.6M, L/2 464.8M, XL/2 675.7M).
 PUBLISHED_MILLIONS = {
     "DiT-S/2": 33.0, "DiT-B/2": 130.3, "DiT-L/2": 458.0, "DiT-XL/2": 675.1,
     "DiG-S/2": 33.0, "DiG-B/2": 130.6, "DiG-L/2": 464.8, "DiG-XL/2": 675.7,

@@ -21,7 +21,8 @@ from .chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
 from .config import CHUNK_SIZES, DEFAULT_CONFIG, GLAConfig, chunk_candidates, state_candidates
 
 # DiG's GLA head dims in every size: K = D / (2H) = 32, V = D / H = 64. Token counts of the
-# resolutions 256 .. 2048 at patch 2 (and 4096 px) with B * T = 131072 tokens, H = 6 (ANCHORS.md).
+# resolutions 256 .. 2048 at patch 2 (and 4096 px) with B * T = 131072 tokens, H = 6 (DiG-S; the kernel
+# benchmark's shapes, bench/spec.py).
 DIG_TUNING_SHAPES = tuple((131072 // T, T, 6, 32, 64) for T in (256, 1024, 4096, 9216, 12544, 16384, 65536))
 
 _memory_cache: dict = {}
