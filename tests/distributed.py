@@ -7,6 +7,7 @@ runs check(rank, world_size, device) in each; row_block cuts a rank's block of t
 
 import datetime
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -22,6 +23,17 @@ FP64_TOLERANCE = 1e-10
 def run_ranks(world_size, tmp_path, check, backend="gloo"):
     """Run check(rank, world_size, device) in world_size fresh processes of one process group."""
     mp.spawn(_rank_main, args=(world_size, str(tmp_path / "rendezvous"), check, backend), nprocs=world_size)
+
+
+def run_ranks_on_gpus(world_size, tmp_path, check, monkeypatch):
+    """run_ranks with NCCL, one GPU a rank, NVLink multicast off; skips with fewer GPUs than ranks."""
+    from bench.scale import NVLINK_MULTICAST_OFF
+
+    if torch.cuda.device_count() < world_size:
+        pytest.skip(f"needs {world_size} GPUs, {torch.cuda.device_count()} visible")
+    for name, value in NVLINK_MULTICAST_OFF.items():
+        monkeypatch.setenv(name, value)
+    run_ranks(world_size, tmp_path, check, backend="nccl")
 
 
 def _rank_main(rank, world_size, rendezvous, check, backend):

@@ -13,8 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from bench.scale import NVLINK_MULTICAST_OFF
-from distributed import FP64_TOLERANCE, run_ranks
+from distributed import FP64_TOLERANCE, run_ranks, run_ranks_on_gpus
 from gla_cases import FP32_TOLERANCE
 from helpers import assert_close_rel, rel_err
 from models.dig import DiG
@@ -176,8 +175,4 @@ def test_context_parallel_dig_equals_one_process(world_size, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("world_size", [2, 4, 8])
 def test_context_parallel_dig_triton_on_gpus(world_size, tmp_path, monkeypatch):
-    if torch.cuda.device_count() < world_size:
-        pytest.skip(f"needs {world_size} GPUs, {torch.cuda.device_count()} visible")
-    for name, value in NVLINK_MULTICAST_OFF.items():
-        monkeypatch.setenv(name, value)
-    run_ranks(world_size, tmp_path, check_triton_against_one_gpu, backend="nccl")
+    run_ranks_on_gpus(world_size, tmp_path, check_triton_against_one_gpu, monkeypatch)
