@@ -152,6 +152,15 @@ with open(os.path.join(SRC, switch_h), "a") as f:
     f.write("\n// build_flash_attn.sh: only the non-causal kernels were compiled\n" + causal_switch)
 patch("csrc/flash_attn/flash_api.cpp", "BOOL_SWITCH(params.is_causal, Is_causal, [&] {",
       "CAUSAL_SWITCH(params.is_causal, Is_causal, [&] {", count=2)
+# Refuse an unbuilt head dim at the entry of each forward and backward, before any allocation or
+# kernel-parameter setup: on the H200 the refusal inside HEADDIM_SWITCH alone (head dim 32, 16 tokens)
+# crashed the process with a segfault instead of raising, while the causal refusal raised cleanly.
+served_condition = " || ".join(f"(head_size > {low} && head_size <= {high})" for low, high in served.values())
+for direction in ("forward", "backward"):
+    limit = f'TORCH_CHECK(head_size <= 256, "FlashAttention {direction} only supports head dimension at most 256");'
+    refusal = (f"TORCH_CHECK({served_condition}, "
+               f"{unbuilt(f'has kernels for head dims {ranges} only, got ')}, head_size);")
+    patch("csrc/flash_attn/flash_api.cpp", limit, f"{limit}\n    {refusal}", count=2)
 print(f"{SCRIPT}: patched for head dims {' '.join(map(str, head_dims))} (serving {ranges}), "
       f"{' '.join(dtypes)}, non-causal: {len(kept)} kernel files")
 PY
@@ -177,7 +186,7 @@ for name in os.environ['FLASH_ATTN_DTYPES'].split():
             # bf16 rounds to 3.9e-3 relative; a wrong kernel or dispatch is off by O(1)
             assert error < 2e-2, f'head dim {head_dim} {name} batch {batch} heads {heads}: error {error:.1e}'
 for head_dim in [d for d in (32, 64, 96, 128, 192, 256) if d not in dims]:
-    q = torch.randn(1, 16, 1, head_dim, device='cuda', dtype=torch.bfloat16)
+    q = torch.randn(2, 300, 4, head_dim, device='cuda', dtype=torch.bfloat16)
     try:
         flash_attn_func(q, q, q)
     except RuntimeError as error:

@@ -11,9 +11,10 @@ from kernels import interpreting
 
 from .checks import check_gla_inputs
 from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_local_state_kernel
-from .chunk_fwd import chunk_state_scan_kernel, gla_fwd_local_state_kernel, gla_fwd_output_kernel
+from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
 from .config import GLAConfig, dot_precision
 from .scan_order import grid_side, scan_flags
+from .state_scan import chunk_state_scan_kernel
 
 SUB_CHUNK = 16  # tl.dot needs >= 16 rows; the [16, 16, K] intra-chunk decay tensor stays in registers
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -47,13 +48,14 @@ class Launch:
 
 
 def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
-    """In-place scan of the chunk contributions in x [B*H, NT+1, K, V] (see the kernel)."""
+    """In-place scan of the chunk contributions in x [B*H, NT+1, K, V] (see the kernel), one program
+    per [state_block_k, state_block_v] tile of the state."""
     BH, NT1, K, V = x.shape
     BK, BV = block_sizes(K, V)
-    scan_bv = min(cfg.state_block_v, BV)
-    chunk_state_scan_kernel[(triton.cdiv(V, scan_bv), BH)](
-        x, gl, x0, NT1 - 1, K=K, V=V, BK=BK, BV=scan_bv, USE_X0=x0 is not None, BACKWARD=backward,
-        num_warps=cfg.state_warps, num_stages=cfg.num_stages)
+    scan_bk, scan_bv = min(cfg.state_block_k, BK), min(cfg.state_block_v, BV)
+    grid = (triton.cdiv(K, scan_bk) * triton.cdiv(V, scan_bv), BH)
+    chunk_state_scan_kernel[grid](x, gl, x0, NT1 - 1, K=K, V=V, BK=scan_bk, BV=scan_bv, USE_X0=x0 is not None,
+                                  BACKWARD=backward, num_warps=cfg.state_warps, num_stages=cfg.num_stages)
 
 
 def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):

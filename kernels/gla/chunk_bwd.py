@@ -1,7 +1,7 @@
 """Triton backward of chunked GLA: a reverse state-gradient pass, then a chunk-parallel pass.
 
 * ``gla_bwd_local_state_kernel`` (one program per chunk) and the reverse ``chunk_state_scan_kernel``
-  give dh[c + 1], the gradient of the state after chunk c from later tokens (dh[NT] = d final
+  (state_scan.py) give dh[c + 1], the gradient of the state after chunk c from later tokens (dh[NT] = d final
   state), and dh[0] = d initial state.
 * ``gla_bwd_dq_kernel`` and then ``gla_bwd_dkv_kernel`` run one program per (chunk, b, h): a
   forward walk over the sub-chunks (which needs the states S) gives dq; a backward walk (which

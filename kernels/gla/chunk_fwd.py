@@ -4,9 +4,10 @@ Notation (per batch b and head h): the sequence is cut into chunks of BT tokens 
 chunk size); each chunk is processed in sub-chunks of BC = 16 tokens.
 
 * ``gla_fwd_local_state_kernel`` (one program per chunk) writes each chunk's own contribution to
-  the state after it; ``chunk_state_scan_kernel`` then turns these in place into h[c], the state
-  entering chunk c (fp32 [K, V]), and h[NT], the final state. Only this scan is sequential, and
-  it is a multiply-add per chunk, so long sequences with few (batch, head) pairs stay fast.
+  the state after it; ``chunk_state_scan_kernel`` (state_scan.py) then turns these in place into
+  h[c], the state entering chunk c (fp32 [K, V]), and h[NT], the final state. Only this scan runs
+  over the chunks, and it is a multiply-add per chunk, so long sequences with few (batch, head)
+  pairs stay fast.
 * ``gla_fwd_output_kernel`` runs one program per (chunk, b, h). It starts from h[c] and
   walks its sub-chunks, so the intra-chunk attention is only ever a 16 x 16 block:
       o_i = scale * ( (q_i * exp(G_i)) @ S  +  sum_{j<=i} A_ij v_j ),
@@ -122,48 +123,6 @@ def gla_fwd_local_state_kernel(
     p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V
     tl.store(p_h + o_k[:, None] * V + o_v[None, :], b_d, mask=m_k[:, None] & m_v[None, :])
     tl.store(gl + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, b_glast, mask=m_k)
-
-
-@triton.jit
-def chunk_state_scan_kernel(
-    x, gl, x0, NT,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_X0: tl.constexpr, BACKWARD: tl.constexpr,
-):
-    """Sequential scan over chunks of x [B*H, NT+1, K, V] (fp32), in place, per [BK, BV] tile.
-
-    Forward: x[c+1] holds chunk c's local contribution; afterwards x[c] is the state entering
-    chunk c: x[0] = x0 (or 0), x[c+1] = exp(gl[c]) * x[c] + x[c+1].
-    Backward: x[c] holds chunk c's local contribution to the gradient of the state before it;
-    afterwards x[c+1] is the gradient of the state after chunk c from later tokens:
-    x[NT] = x0 (d final state, or 0), x[c] = exp(gl[c]) * x[c+1] + x[c]; x[0] is d initial state.
-    The loads do not depend on the running state, so they are prefetched ahead of the chain.
-    """
-    i_kv, i_bh = tl.program_id(0), tl.program_id(1)
-    n_v = tl.cdiv(V, BV)
-    o_k = (i_kv // n_v) * BK + tl.arange(0, BK)
-    o_v = (i_kv % n_v) * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * V + o_v[None, :]
-    p_x = x + i_bh.to(tl.int64) * (NT + 1) * K * V
-    p_gl = gl + i_bh.to(tl.int64) * NT * K
-    b_s = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_X0:
-        b_s = tl.load(x0 + i_bh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-    if BACKWARD:
-        tl.store(p_x + NT * K * V + o_kv, b_s, mask=m_kv)
-        for i_r in range(NT):
-            i_c = NT - 1 - i_r
-            b_decay = tl.exp(tl.load(p_gl + i_c * K + o_k, mask=m_k, other=0.0))
-            b_s = b_s * b_decay[:, None] + tl.load(p_x + i_c * K * V + o_kv, mask=m_kv, other=0.0)
-            tl.store(p_x + i_c * K * V + o_kv, b_s, mask=m_kv)
-    else:
-        tl.store(p_x + o_kv, b_s, mask=m_kv)
-        for i_c in range(NT):
-            b_decay = tl.exp(tl.load(p_gl + i_c * K + o_k, mask=m_k, other=0.0))
-            b_s = b_s * b_decay[:, None] + tl.load(p_x + (i_c + 1) * K * V + o_kv, mask=m_kv, other=0.0)
-            tl.store(p_x + (i_c + 1) * K * V + o_kv, b_s, mask=m_kv)
 
 
 @triton.jit

@@ -83,9 +83,7 @@ def get_config(T, K, V, dtype, chunk_size=None, tune_allowed=True) -> GLAConfig:
             _memory_cache[key] = GLAConfig(**entry["config"]) if entry else None
         cfg = _memory_cache[key] or cfg
     if chunk_size is not None and chunk_size != cfg.chunk_size:
-        cfg = GLAConfig(chunk_size=chunk_size, state_block_v=cfg.state_block_v,
-                        state_warps=cfg.state_warps, chunk_warps=cfg.chunk_warps,
-                        num_stages=cfg.num_stages)
+        cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
     return cfg
 
 
