@@ -39,14 +39,16 @@ class TokenSplit:
     """How a kernel that also sums over tokens shares them out among its programs.
 
     About `programs` programs in all, each walking a contiguous run of token tiles of at most
-    `tile_elements` fp32 values with `num_warps` warps, summing in registers, and writing one row of
-    partials at the end. A fixed count rather than the GPU's SM count: the split, and so the order
-    and rounding of the sums, depends on the shape alone and is the same on every GPU.
+    `tile_elements` fp32 values with `num_warps` warps (`stages` tiles in flight), summing in
+    registers, and writing one row of partials at the end. A fixed count rather than the GPU's SM
+    count: the split, and so the order and rounding of the sums, depends on the shape alone and is
+    the same on every GPU.
     """
 
     programs: int
     tile_elements: int
     num_warps: int
+    stages: int  # tiles in flight: the token loop's software-pipelining depth (cp.async), 1 = none
 
 
 def split_tiles(n_tiles: int, slices: int, programs: int) -> tuple[int, int]:

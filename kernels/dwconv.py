@@ -32,18 +32,21 @@ class ConvTiles:
     width: int  # a power of two; capped at the grid side's next power of two
     channels: int  # a power of two
     num_warps: int
+    stages: int  # rows in flight: the row loop's software-pipelining depth (cp.async), 1 = none
 
 
-# Forward and input gradient: [32 tokens, 64 channels] tiles, 16 fp32 per thread at 4 warps; ~6 live
-# (three column shifts of the input row, three output rows in progress). Each input row is read from
-# DRAM once per strip (its column shifts hit L1) plus two halo rows per 16: DiG-S/2 at 2048 px,
-# batch 4 (128 x 128 grid, D=384): 8 row groups x 4 strips x 6 channel blocks x 4 images = 768
-# programs, ~6 per SM of the H200's 132 (one program per 32 tokens and 9 shifted loads were 12288).
-CONV_TILES = ConvTiles(rows=16, width=32, channels=64, num_warps=4)
+# Register and shared-memory counts below: ptxas -v of the sm_90 build, DiG-S/2 at 2048 px, batch 4
+# (128 x 128 grid, D=384). Forward and input gradient: [32 tokens, 64 channels] tiles at 4 warps,
+# 180 registers (the nine taps' 8 channels per thread take 72), so 2 programs per SM; 4 stages keep
+# 3 input rows (12 KB) in flight per program. Each input row is read from DRAM once per strip (its
+# column shifts hit L2) plus 2 halo rows per 16: 8 row groups x 4 strips x 6 channel blocks x 4
+# images = 768 programs (one program per 32 tokens, with 9 shifted loads each, were 12288).
+CONV_TILES = ConvTiles(rows=16, width=32, channels=64, num_warps=4, stages=4)
 # Weight gradient: ~16 live tiles (nine tap sums, the bias sum, three shifts of x, three rows of dy),
-# so 8 warps keep them at 8 fp32 per thread. 768 programs again; fp32 partials of [128 strips, 10, 384]
-# = 2 MB (one program per 32 tokens wrote [2048, 10, 384] = 31 MB).
-WGRAD_TILES = ConvTiles(rows=16, width=32, channels=64, num_warps=8)
+# so [16 tokens, 64 channels] at 4 warps: 150 registers, 3 programs per SM, each with 3 rows of x and
+# dy (12 KB) in flight. 32 rows: 4 row groups x 8 strips x 6 x 4 = 768 programs; fp32 partials of
+# [128 strips, 10, 384] = 2 MB (one program per 32 tokens wrote [2048, 10, 384] = 31 MB).
+WGRAD_TILES = ConvTiles(rows=32, width=16, channels=64, num_warps=4, stages=4)
 
 
 def orient_taps(weight, scan_order):
@@ -101,7 +104,7 @@ def _taps(w_ptr, o_d, m_d, i: tl.constexpr, FLIP: tl.constexpr):
 
 @triton.jit
 def dwconv3x3_kernel(x_ptr, w_ptr, b_ptr, out_ptr, E, D, n_strips, HAS_BIAS: tl.constexpr, FLIP: tl.constexpr,
-                     ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
+                     ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
     """out[r, c] = bias + sum_{i, j} w[i, j] x[r + i - 1, c + j - 1] per channel (w rotated by 180
     degrees if FLIP) for this program's rows and strip. Input row q, loaded once as its three column
     shifts, adds to output rows q + 1, q and q - 1 through tap rows 0, 1 and 2; row q - 1 is then
@@ -116,7 +119,7 @@ def dwconv3x3_kernel(x_ptr, w_ptr, b_ptr, out_ptr, E, D, n_strips, HAS_BIAS: tl.
     b_above = tl.zeros([BLOCK_W, BLOCK_D], dtype=tl.float32)  # [BLOCK_W, BLOCK_D] output row q - 1
     b_here = tl.zeros([BLOCK_W, BLOCK_D], dtype=tl.float32)  # output row q
     m_out = (o_c < E)[:, None] & m_d[None, :]
-    for q in range(r0 - 1, r1 + 1):
+    for q in tl.range(r0 - 1, r1 + 1, num_stages=STAGES):
         b_left = _row(x_ptr, base, q, 0, E, o_c, o_d, m_d, E, D, -1)
         b_mid = _row(x_ptr, base, q, 0, E, o_c, o_d, m_d, E, D, 0)
         b_right = _row(x_ptr, base, q, 0, E, o_c, o_d, m_d, E, D, 1)
@@ -128,8 +131,8 @@ def dwconv3x3_kernel(x_ptr, w_ptr, b_ptr, out_ptr, E, D, n_strips, HAS_BIAS: tl.
 
 
 @triton.jit
-def dwconv3x3_wgrad_kernel(x_ptr, dy_ptr, partial_ptr, E, D, n_strips,
-                           ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
+def dwconv3x3_wgrad_kernel(x_ptr, dy_ptr, partial_ptr, E, D, n_strips, ROWS: tl.constexpr,
+                           BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
     """This program's partial sums over its rows [r0, r1) and strip of dw[i, j] = sum dy[r, c] x[r + i - 1,
     c + j - 1] and db = sum dy, into its row of partial [images x strips, D x 9 taps then D biases]:
     input row q, loaded once as its three column shifts, meets dy rows q + 1, q and q - 1 (tap rows 0,
@@ -139,7 +142,7 @@ def dwconv3x3_wgrad_kernel(x_ptr, dy_ptr, partial_ptr, E, D, n_strips,
     b01, b02, b10, b11, b12, b20, b21, b22, b_bias = b00, b00, b00, b00, b00, b00, b00, b00, b00
     b_dy_above = b00  # dy row q - 1
     b_dy_here = b00  # dy row q
-    for q in range(r0 - 1, r1 + 1):
+    for q in tl.range(r0 - 1, r1 + 1, num_stages=STAGES):
         b_dy_below = _row(dy_ptr, base, q + 1, r0, r1, o_c, o_d, m_d, E, D, 0)
         b_left = _row(x_ptr, base, q, 0, E, o_c, o_d, m_d, E, D, -1)
         b_mid = _row(x_ptr, base, q, 0, E, o_c, o_d, m_d, E, D, 0)
@@ -179,7 +182,7 @@ def _launch(x, tiles):
     channels = min(tiles.channels, triton.next_power_of_2(D))
     n_strips = triton.cdiv(side, width)
     grid = (triton.cdiv(side, tiles.rows) * n_strips, triton.cdiv(D, channels), N)
-    return grid, n_strips, side, dict(ROWS=tiles.rows, BLOCK_W=width, BLOCK_D=channels,
+    return grid, n_strips, side, dict(ROWS=tiles.rows, BLOCK_W=width, BLOCK_D=channels, STAGES=tiles.stages,
                                       num_warps=tiles.num_warps)
 
 

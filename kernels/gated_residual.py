@@ -19,11 +19,12 @@ from kernels.partial_sums import sum_partials
 
 # Backward: tiles of BWD_CHANNELS channels (no row-wide statistic, so D=384 and 1152 split into 3 and
 # 9 full blocks of 128 where a whole-row tile would mask off 25% and 44% of its 512 and 2048 lanes)
-# by 2048 // 128 = 16 tokens: 16 fp32 per thread at 4 warps. 528 programs: 4 per SM of the H200's
-# 132. DiG-S/2 at 2048 px, batch 4 (T=16384): 43 programs per image and channel block, walking 24
-# tiles each; fp32 partials 43 x 4 x 384 = 0.26 MB (one program per 8 tokens wrote 8192 x 384 = 12.6 MB).
+# by 2048 // 128 = 16 tokens: 16 fp32 per thread at 4 warps, 64 registers (ptxas -v, sm_90), 2
+# tiles of dout and y in flight (3 stages). 528 programs: 4 per SM of the H200's 132. DiG-S/2 at
+# 2048 px, batch 4 (T=16384): 43 programs per image and channel block, walking 24 tiles each; fp32
+# partials 43 x 4 x 384 = 0.26 MB (one program per 8 tokens wrote 8192 x 384 = 12.6 MB).
 BWD_CHANNELS = 128
-BWD_SPLIT = TokenSplit(programs=528, tile_elements=2048, num_warps=4)
+BWD_SPLIT = TokenSplit(programs=528, tile_elements=2048, num_warps=4, stages=3)
 
 
 def gated_residual_ref(x, gate, y):
@@ -54,14 +55,14 @@ def gated_residual_fwd_kernel(x_ptr, gate_ptr, y_ptr, out_ptr, T, D,
 
 @triton.jit
 def gated_residual_bwd_kernel(dout_ptr, gate_ptr, y_ptr, dy_ptr, partial_ptr, T, D, tiles_per_program,
-                              ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                              ROWS: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
     """dy = dout * gate over this program's run of token tiles in one channel block, and its partial
     sum of dgate = sum_t dout * y into partial [programs per image and block, N, D]."""
     i_g, i_d, i_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     cols = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     gate = tl.load(gate_ptr + i_n * D + cols, mask=cols < D, other=0.0).to(tl.float32)
     b_dgate = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    for i_k in range(tiles_per_program):
+    for i_k in tl.range(tiles_per_program, num_stages=STAGES):
         offsets, mask = _offsets(i_n, i_g * tiles_per_program + i_k, T, D, cols, ROWS)
         dout = tl.load(dout_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         y = tl.load(y_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -84,7 +85,8 @@ def _bwd_launch(x):
     rows = max(1, BWD_SPLIT.tile_elements // block_d)
     blocks = triton.cdiv(D, block_d)
     groups, per_group = split_tiles(triton.cdiv(T, rows), N * blocks, BWD_SPLIT.programs)
-    return (groups, blocks, N), per_group, dict(ROWS=rows, BLOCK_D=block_d, num_warps=BWD_SPLIT.num_warps)
+    return (groups, blocks, N), per_group, dict(ROWS=rows, BLOCK_D=block_d, STAGES=BWD_SPLIT.stages,
+                                        num_warps=BWD_SPLIT.num_warps)
 
 
 @torch.library.custom_op("dig::gated_residual_fwd", mutates_args=())

@@ -20,11 +20,12 @@ from kernels import TokenSplit, check_triton_device, row_tile, split_tiles
 from kernels.partial_sums import sum_partials
 
 EPS = 1e-6
-# Backward: tiles of 2048 fp32 (4 tokens of D=384 in 512 columns), 16 values per thread at 4 warps, so
-# the ~8 live tiles (x, dh, xhat, dxhat, dx and the two running sums) stay in registers. 528 programs:
-# 4 per SM of the H200's 132. DiG-S/2 at 2048 px, batch 4 (T=16384): 128 programs per image, each
-# walking 32 tiles; fp32 partials 128 x 2 x 4 x 384 = 1.6 MB (one program per 8 tokens wrote 25 MB).
-BWD_SPLIT = TokenSplit(programs=528, tile_elements=2048, num_warps=4)
+# Backward: tiles of 2048 fp32 (4 tokens of D=384 in 512 columns), 16 values per thread at 4 warps:
+# 122 registers (ptxas -v, sm_90), 4 programs per SM, each with 2 tiles of x and dh in flight (3
+# stages). 528 programs: 4 per SM of the H200's 132, one wave. DiG-S/2 at 2048 px, batch 4
+# (T=16384): 128 programs per image, each walking 32 tiles; fp32 partials 128 x 2 x 4 x 384 = 1.6 MB
+# (one program per 8 tokens wrote 25 MB).
+BWD_SPLIT = TokenSplit(programs=528, tile_elements=2048, num_warps=4, stages=3)
 
 
 def layer_norm_modulate_ref(x, shift, scale, eps=EPS, out_dtype=None):
@@ -66,7 +67,8 @@ def ln_modulate_fwd_kernel(x_ptr, shift_ptr, scale_ptr, h_ptr, mean_ptr, rstd_pt
 
 @triton.jit
 def ln_modulate_bwd_kernel(x_ptr, scale_ptr, mean_ptr, rstd_ptr, dh_ptr, dx_ptr, partial_ptr, T, D,
-                           tiles_per_program, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                           tiles_per_program, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                           STAGES: tl.constexpr):
     """dx for this program's run of token tiles, and its partial sums of dshift = sum dh and
     dscale = sum dh * xhat into partial [programs per image, 2, N, D]."""
     i_g, i_n = tl.program_id(0), tl.program_id(1)
@@ -75,7 +77,7 @@ def ln_modulate_bwd_kernel(x_ptr, scale_ptr, mean_ptr, rstd_ptr, dh_ptr, dx_ptr,
     scale = tl.load(scale_ptr + i_n * D + cols, mask=m_c, other=0.0).to(tl.float32)
     b_dshift = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
     b_dscale = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    for i_k in range(tiles_per_program):
+    for i_k in tl.range(tiles_per_program, num_stages=STAGES):
         i_t = i_g * tiles_per_program + i_k
         rows, _, m_r, _, offsets, mask, x = _tile(x_ptr, i_n, i_t, T, D, ROWS, BLOCK_D)
         stat = i_n.to(tl.int64) * T + rows
@@ -106,7 +108,8 @@ def _bwd_launch(x):
     N, T, D = x.shape
     rows, block_d = row_tile(D, max_elements=BWD_SPLIT.tile_elements)
     groups, per_group = split_tiles(triton.cdiv(T, rows), N, BWD_SPLIT.programs)
-    return (groups, N), per_group, dict(ROWS=rows, BLOCK_D=block_d, num_warps=BWD_SPLIT.num_warps)
+    return (groups, N), per_group, dict(ROWS=rows, BLOCK_D=block_d, STAGES=BWD_SPLIT.stages,
+                                        num_warps=BWD_SPLIT.num_warps)
 
 
 @torch.library.custom_op("dig::ln_modulate_fwd", mutates_args=())
