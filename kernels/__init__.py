@@ -7,6 +7,7 @@ custom op with a plain PyTorch ``*_ref`` twin beside it.
 """
 
 import os
+from dataclasses import dataclass
 
 import triton
 
@@ -27,7 +28,31 @@ def check_triton_device(op: str, x) -> None:
                          "the CPU use its *_ref twin, or set TRITON_INTERPRET=1 for the interpreter.")
 
 
-def row_tile(width: int, max_rows: int = 32) -> tuple[int, int]:
-    """(rows per program, power-of-two block width) for row-wise kernels over rows of `width`."""
+def row_tile(width: int, max_rows: int = 32, max_elements: int = MAX_TILE_ELEMENTS) -> tuple[int, int]:
+    """(rows per tile, power-of-two block width) for row-wise kernels over rows of `width`."""
     block = triton.next_power_of_2(width)
-    return max(1, min(max_rows, MAX_TILE_ELEMENTS // block)), block
+    return max(1, min(max_rows, max_elements // block)), block
+
+
+@dataclass(frozen=True)
+class TokenSplit:
+    """How a kernel that also sums over tokens shares them out among its programs.
+
+    About `programs` programs in all, each walking a contiguous run of token tiles of at most
+    `tile_elements` fp32 values with `num_warps` warps (`stages` tiles in flight), summing in
+    registers, and writing one row of partials at the end. A fixed count rather than the GPU's SM
+    count: the split, and so the order and rounding of the sums, depends on the shape alone and is
+    the same on every GPU.
+    """
+
+    programs: int
+    tile_elements: int
+    num_warps: int
+    stages: int  # tiles in flight: the token loop's software-pipelining depth (cp.async), 1 = none
+
+
+def split_tiles(n_tiles: int, slices: int, programs: int) -> tuple[int, int]:
+    """(groups, tiles per group): n_tiles token tiles cut into contiguous groups, as many as make
+    `slices` independent slices (images x channel blocks) of `groups` programs about `programs` in all."""
+    per_group = triton.cdiv(n_tiles, max(1, min(n_tiles, programs // slices)))
+    return triton.cdiv(n_tiles, per_group), per_group

@@ -4,8 +4,10 @@ h = LN(x) * (1 + scale) + shift per image, x [N, T, D], shift and scale [N, D]. 
 autocast this is 5 kernels forward (layer_norm, add, mul, add, the bf16 cast for the next GEMM)
 and keeps two fp32 [N, T, D] tensors for backward; here it is one kernel each way that writes h
 directly in the GEMM's dtype and keeps only x (already alive as the residual stream) and two fp32
-statistics per row. dshift and dscale are per-image sums over tokens: each program writes its
-partial sum (deterministic, unlike atomics) and one small .sum() adds them.
+statistics per row. dshift and dscale are per-image sums over tokens: each backward program walks
+a contiguous run of token tiles (a few hundred programs in all, ``BWD_SPLIT``), sums in registers and
+writes one fp32 row of partials, which one small kernel adds in a fixed order (deterministic, unlike
+atomics; kernels/partial_sums.py).
 """
 
 import torch
@@ -14,9 +16,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import check_triton_device, row_tile
+from kernels import TokenSplit, check_triton_device, row_tile, split_tiles
+from kernels.partial_sums import sum_partials
 
 EPS = 1e-6
+# Backward: tiles of 2048 fp32 (4 tokens of D=384 in 512 columns), 16 values per thread at 4 warps:
+# 122 registers (ptxas -v, sm_90), 4 programs per SM, each with 2 tiles of x and dh in flight (3
+# stages). 528 programs: 4 per SM of the H200's 132, one wave. DiG-S/2 at 2048 px, batch 4
+# (T=16384): 128 programs per image, each walking 32 tiles; fp32 partials 128 x 2 x 4 x 384 = 1.6 MB
+# (one program per 8 tokens wrote 25 MB).
+BWD_SPLIT = TokenSplit(programs=528, tile_elements=2048, num_warps=4, stages=3)
 
 
 def layer_norm_modulate_ref(x, shift, scale, eps=EPS, out_dtype=None):
@@ -58,30 +67,49 @@ def ln_modulate_fwd_kernel(x_ptr, shift_ptr, scale_ptr, h_ptr, mean_ptr, rstd_pt
 
 @triton.jit
 def ln_modulate_bwd_kernel(x_ptr, scale_ptr, mean_ptr, rstd_ptr, dh_ptr, dx_ptr, partial_ptr, T, D,
-                           ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dx, and this program's partial sums of dshift = sum dh and dscale = sum dh * xhat."""
-    i_t, i_n = tl.program_id(0), tl.program_id(1)
-    rows, cols, m_r, m_c, offsets, mask, x = _tile(x_ptr, i_n, i_t, T, D, ROWS, BLOCK_D)
-    stat = i_n.to(tl.int64) * T + rows
-    mean = tl.load(mean_ptr + stat, mask=m_r, other=0.0)
-    rstd = tl.load(rstd_ptr + stat, mask=m_r, other=0.0)
-    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-    dh = tl.load(dh_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+                           tiles_per_program, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                           STAGES: tl.constexpr):
+    """dx for this program's run of token tiles, and its partial sums of dshift = sum dh and
+    dscale = sum dh * xhat into partial [programs per image, 2, N, D]."""
+    i_g, i_n = tl.program_id(0), tl.program_id(1)
+    cols = tl.arange(0, BLOCK_D)
+    m_c = cols < D
     scale = tl.load(scale_ptr + i_n * D + cols, mask=m_c, other=0.0).to(tl.float32)
-    dxhat = dh * (1.0 + scale[None, :])
-    mean_dxhat = tl.sum(dxhat, axis=1) / D
-    mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / D
-    dx = (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None]) * rstd[:, None]
-    tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    p_partial = partial_ptr + ((i_n.to(tl.int64) * tl.num_programs(0) + i_t) * 2) * D + cols
-    tl.store(p_partial, tl.sum(dh, axis=0), mask=m_c)
-    tl.store(p_partial + D, tl.sum(dh * xhat, axis=0), mask=m_c)
+    b_dshift = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    b_dscale = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    for i_k in tl.range(tiles_per_program, num_stages=STAGES):
+        i_t = i_g * tiles_per_program + i_k
+        rows, _, m_r, _, offsets, mask, x = _tile(x_ptr, i_n, i_t, T, D, ROWS, BLOCK_D)
+        stat = i_n.to(tl.int64) * T + rows
+        mean = tl.load(mean_ptr + stat, mask=m_r, other=0.0)
+        rstd = tl.load(rstd_ptr + stat, mask=m_r, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        dh = tl.load(dh_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        dxhat = dh * (1.0 + scale[None, :])
+        mean_dxhat = tl.sum(dxhat, axis=1) / D
+        mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / D
+        dx = (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None]) * rstd[:, None]
+        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        b_dshift += dh
+        b_dscale += dh * xhat
+    p_partial = partial_ptr + (i_g.to(tl.int64) * 2 * tl.num_programs(1) + i_n) * D + cols
+    tl.store(p_partial, tl.sum(b_dshift, axis=0), mask=m_c)
+    tl.store(p_partial + tl.num_programs(1) * D, tl.sum(b_dscale, axis=0), mask=m_c)
 
 
 def _launch(x):
     N, T, D = x.shape
     rows, block_d = row_tile(D)
     return (triton.cdiv(T, rows), N), dict(ROWS=rows, BLOCK_D=block_d, num_warps=4)
+
+
+def _bwd_launch(x):
+    """Grid (programs per image, N), tiles per program and meta-parameters of the backward."""
+    N, T, D = x.shape
+    rows, block_d = row_tile(D, max_elements=BWD_SPLIT.tile_elements)
+    groups, per_group = split_tiles(triton.cdiv(T, rows), N, BWD_SPLIT.programs)
+    return (groups, N), per_group, dict(ROWS=rows, BLOCK_D=block_d, STAGES=BWD_SPLIT.stages,
+                                        num_warps=BWD_SPLIT.num_warps)
 
 
 @torch.library.custom_op("dig::ln_modulate_fwd", mutates_args=())
@@ -107,11 +135,13 @@ def ln_modulate_bwd(x: Tensor, scale: Tensor, mean: Tensor, rstd: Tensor,
                     dh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(dx like x, dshift, dscale [N, D] in scale's dtype)."""
     N, T, D = x.shape
-    grid, meta = _launch(x)
+    grid, tiles_per_program, meta = _bwd_launch(x)
     dx = torch.empty_like(x)
-    partial = torch.empty(N, grid[0], 2, D, device=x.device, dtype=torch.float32)
-    ln_modulate_bwd_kernel[grid](x, scale, mean, rstd, dh, dx, partial, T, D, **meta)
-    return dx, partial[:, :, 0].sum(1).to(scale.dtype), partial[:, :, 1].sum(1).to(scale.dtype)
+    partial = torch.empty(grid[0], 2 * N * D, device=x.device, dtype=torch.float32)
+    ln_modulate_bwd_kernel[grid](x, scale, mean, rstd, dh, dx, partial, T, D, tiles_per_program, **meta)
+    dshift, dscale = torch.empty_like(scale), torch.empty_like(scale)
+    sum_partials(partial, dshift, dscale)
+    return dx, dshift, dscale
 
 
 @ln_modulate_bwd.register_fake

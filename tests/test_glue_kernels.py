@@ -5,24 +5,55 @@ rounded) inputs, output and every gradient, so the kernels' only errors are fp32
 final rounding to the output dtype. Tolerances: fp32 1e-5 (fp32 round-off over sums of <= 1152 terms
 is ~1e-6); bf16 outputs: the bf16 unit roundoff 2^-8, doubled under the Triton 3.6 interpreter,
 which converts fp32 to bf16 by truncation (see tests/test_norm_gate.py), plus 1e-5.
+The ops that sum over tokens run with their own tiles and with tiny ones (``tiles``), so that test
+sizes reach every path of the kernels' loops: several token tiles per program, a partial last tile,
+groups of unequal length, several row groups, strips and channel blocks of the conv's grid.
 """
 
 import pytest
 import torch
 
+import kernels.dwconv
+import kernels.gated_residual
+import kernels.ln_modulate
 from helpers import assert_close_rel
-from kernels import interpreting
-from kernels.dwconv import depthwise_conv3x3, depthwise_conv3x3_ref, orient_taps
+from kernels import TokenSplit, interpreting
+from kernels.dwconv import ConvTiles, depthwise_conv3x3, depthwise_conv3x3_ref, orient_taps
 from kernels.gated_residual import gated_residual, gated_residual_ref
 from kernels.gla import SCAN_ORDERS, scan_index
 from kernels.ln_modulate import layer_norm_modulate, layer_norm_modulate_ref
+from kernels.partial_sums import sum_partials
 from kernels.swiglu import swiglu, swiglu_down, swiglu_down_ref, swiglu_ref
 
 DEVICE = "cpu" if interpreting() else "cuda"
-pytestmark = pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
-                                reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
+pytestmark = [
+    pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
+                       reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1"),
+    # The Triton 3.6 interpreter turns a runtime loop bound (an int argument, held as a 1-element
+    # array) into a Python int with int(array), which NumPy 2.3 deprecates; the GPU never sees it.
+    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+]
 BF16_TOLERANCE = 2.0 ** -8 * (2 if interpreting() else 1) + 1e-5
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: BF16_TOLERANCE}
+
+
+# Tiny tiles and few programs: 12 programs for the token sums, convs of 5 rows x 4 tokens x 16 channels.
+SMALL_SPLIT = TokenSplit(programs=12, tile_elements=256, num_warps=4, stages=2)
+SMALL_CONV_TILES = ConvTiles(rows=5, width=4, channels=16, num_warps=4, stages=2)
+SMALL_TILES = {(kernels.ln_modulate, "BWD_SPLIT"): SMALL_SPLIT,
+               (kernels.gated_residual, "BWD_SPLIT"): SMALL_SPLIT,
+               (kernels.gated_residual, "BWD_CHANNELS"): 16,
+               (kernels.dwconv, "CONV_TILES"): SMALL_CONV_TILES,
+               (kernels.dwconv, "WGRAD_TILES"): SMALL_CONV_TILES}
+
+
+@pytest.fixture(params=["own tiles", "small tiles"])
+def tiles(request, monkeypatch):
+    """Run the test with the kernels' own tile configuration, then with SMALL_TILES."""
+    if request.param == "small tiles":
+        for (module, name), value in SMALL_TILES.items():
+            monkeypatch.setattr(module, name, value)
+    return request.param
 
 
 def draw(*shape, dtype=torch.float32, seed=0, scale=1.0):
@@ -50,8 +81,8 @@ def assert_twins_agree(name, fast, ref, inputs, cotangent, out_dtype):
 
 @pytest.mark.parametrize("x_dtype,out_dtype", [(torch.float32, torch.float32),
                                                (torch.float32, torch.bfloat16)])
-@pytest.mark.parametrize("shape", [(2, 5, 48), (1, 33, 100)])
-def test_layer_norm_modulate(shape, x_dtype, out_dtype):
+@pytest.mark.parametrize("shape", [(2, 5, 48), (1, 33, 100), (2, 37, 48)])
+def test_layer_norm_modulate(shape, x_dtype, out_dtype, tiles):
     N, T, D = shape
     x = draw(N, T, D, dtype=x_dtype, scale=3.0) + draw(N, 1, D, seed=1, dtype=x_dtype)  # rows off zero mean
     shift, scale = draw(N, D, seed=2), draw(N, D, seed=3, scale=0.5)
@@ -61,8 +92,9 @@ def test_layer_norm_modulate(shape, x_dtype, out_dtype):
 
 
 @pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16])
-def test_gated_residual(y_dtype):
-    N, T, D = 3, 17, 72
+@pytest.mark.parametrize("shape", [(3, 17, 72), (2, 70, 40)])
+def test_gated_residual(shape, y_dtype, tiles):
+    N, T, D = shape
     x, gate, y = draw(N, T, D), draw(N, D, seed=1, dtype=y_dtype), draw(N, T, D, seed=2, dtype=y_dtype)
     assert_twins_agree("gated_residual", gated_residual, gated_residual_ref, [x, gate, y],
                        draw(N, T, D, seed=3), torch.float32)
@@ -87,6 +119,41 @@ def test_swiglu_down(dtype):
         assert_close_rel(f"swiglu_down result {index}", g, w, tolerance)
 
 
+def test_depthwise_conv3x3_on_a_33x33_grid():
+    """The kernels' own tiles (32 tokens x 16 rows) on a grid side just past one strip: 3 row groups
+    (16, 16, 1 rows) and strips of 32 and 1 tokens."""
+    N, T, D = 1, 33 * 33, 16
+    x, taps, bias = draw(N, T, D), draw(D, 3, 3, seed=1), draw(D, seed=2)
+    assert_twins_agree("dwconv3x3 33x33", depthwise_conv3x3, depthwise_conv3x3_ref, [x, taps, bias],
+                       draw(N, T, D, seed=3), torch.float32)
+
+
+@pytest.mark.parametrize("G,sizes,dtypes", [(37, [(5, 3, 3), (5,)], [torch.float32, torch.float32]),
+                                            (3, [(2, 70), (2, 70)], [torch.bfloat16, torch.bfloat16]),
+                                            (64, [(300,)], [torch.float32])])
+def test_sum_partials(G, sizes, dtypes):
+    """The fixed-order sum over programs, split into its outputs: G past one 32-row step (37), one
+    output or two, output boundaries inside a 128-column block, bf16 outputs rounded once."""
+    outs = [torch.empty(size, device=DEVICE, dtype=dtype) for size, dtype in zip(sizes, dtypes)]
+    partial = draw(G, sum(out.numel() for out in outs))
+    sum_partials(partial, *outs)
+    want = partial.double().sum(0).split([out.numel() for out in outs])
+    for index, (out, w) in enumerate(zip(outs, want)):
+        assert_close_rel(f"sum_partials output {index}", out, w.view(out.shape), TOLERANCE[out.dtype])
+
+
+def test_sums_over_tokens_are_deterministic():
+    """No atomics: a fixed split and a fixed-order sum give bitwise-equal gradients run after run (on
+    the GPU; the interpreter runs programs in order anyway)."""
+    N, T, D = 2, 49, 24
+    cases = [(layer_norm_modulate, [draw(N, T, D), draw(N, D, seed=1), draw(N, D, seed=2)]),
+             (gated_residual, [draw(N, T, D), draw(N, D, seed=1), draw(N, T, D, seed=2)]),
+             (depthwise_conv3x3, [draw(N, T, D), draw(D, 3, 3, seed=1), draw(D, seed=2)])]
+    for fn, inputs in cases:
+        first, second = (grads_of(fn, inputs, draw(N, T, D, seed=3)) for _ in range(2))
+        assert all(torch.equal(a, b) for a, b in zip(first, second)), fn.__name__
+
+
 def test_conv_writes_the_requested_dtype():
     x, taps = draw(1, 16, 8), draw(8, 3, 3, seed=1)
     out = depthwise_conv3x3(x, taps, None, out_dtype=torch.bfloat16)
@@ -94,9 +161,13 @@ def test_conv_writes_the_requested_dtype():
     assert_close_rel("bf16 conv", out, depthwise_conv3x3_ref(x.double(), taps.double(), None), BF16_TOLERANCE)
 
 
-@pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("shape", [(2, 36, 24), (1, 81, 70)])  # 6x6 and 9x9 grids; D=70: a partial block
-def test_depthwise_conv3x3(shape, with_bias):
+# grids 6x6, 9x9 (D=70: a partial channel block), 5x5, and 12x12 in small tiles: 3 row groups (5, 5
+# and 2 rows), 3 strips, 2 channel blocks (16 and 8 channels)
+@pytest.mark.parametrize("tiles,shape,with_bias", [("own tiles", (2, 36, 24), True),
+                                                   ("own tiles", (1, 81, 70), False),
+                                                   ("small tiles", (1, 25, 8), False),
+                                                   ("small tiles", (1, 144, 24), True)], indirect=["tiles"])
+def test_depthwise_conv3x3(shape, with_bias, tiles):
     N, T, D = shape
     x, taps = draw(N, T, D), draw(D, 3, 3, seed=1)
     bias = draw(D, seed=2) if with_bias else None
