@@ -1,5 +1,6 @@
 """What the kernel benchmark times: GLA implementations and SDPA attention, their inputs,
-the bytes each must move (the HBM floor) and the float64 references their errors are taken against.
+the bytes each must move (the HBM floor) and the float64 references their errors are taken against;
+and the Case and Target records that the GLA and the glue rows (bench/glue_providers.py) share.
 """
 
 import importlib
@@ -29,6 +30,11 @@ def gla_bytes_per_token_head(K: int, V: int, itemsize: int, mode: str) -> int:
     return itemsize * (forward + (backward if mode == "fwd+bwd" else 0))
 
 
+def gla_case_bytes(case, dtype, mode: str) -> int:
+    """gla_bytes_per_token_head times the case's B * T * H."""
+    return gla_bytes_per_token_head(case.K, case.V, dtype.itemsize, mode) * case.B * case.T * case.H
+
+
 def attention_bytes_per_token_head(D: int, itemsize: int, mode: str) -> int:
     """Same for attention (head dim D): forward reads q, k, v and writes o; backward reads q, k, v,
     o, do and writes dq, dk, dv (the fp32 log-sum-exp, 4 bytes, is left out)."""
@@ -39,6 +45,41 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; NaN if out holds NaN (NaN never passes)."""
     out, ref = out.double(), ref.double()
     return ((out - ref).norm() / ref.norm()).item()
+
+
+def worst_error(outs, refs) -> float:
+    """The largest relative_error of pairs; NaN if any is NaN (max() would drop a NaN not first)."""
+    errors = [relative_error(out, ref) for out, ref in zip(outs, refs)]
+    return float("nan") if any(math.isnan(e) for e in errors) else max(errors)
+
+
+@dataclass(frozen=True)
+class Case:
+    """What one set of rows measures: op ("gla" or a glue op's name) and its shape. GLA: B, T, H and
+    the head dims K, V; glue: N images (B) of T tokens, H heads of V (the norm), the rest in `shape`."""
+
+    op: str
+    T: int
+    B: int
+    H: int
+    K: int | str
+    V: int
+    shape: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One provider at one case, as the benchmark times it."""
+
+    case: Case
+    kind: str  # "gla", "attention" or "glue"
+    provider: str
+    impl: str
+    make_inputs: Callable[[bool], tuple]  # grad -> fresh random inputs (leaves requiring grad if grad)
+    load: Callable[[], Callable]  # -> fn(*inputs) -> output tensor (imported lazily)
+    errors: Callable  # (inputs, o, grads or None, do or None) -> errors_against_reference's dict
+    bytes_moved: Callable[[str], int]  # mode -> bytes that must move (the HBM floor's numerator)
+    unavailable: str | None  # the reason it is not measured here, or None
 
 
 @dataclass(frozen=True)
@@ -56,9 +97,16 @@ def _needs_cuda(device: str, T: int) -> str | None:
     return None if device == "cuda" else "needs a CUDA GPU"
 
 
+def triton_unavailable(device: str) -> str | None:
+    """Why a Triton kernel is not timed on this device, or None."""
+    if device == "cuda":
+        return None
+    return "Triton kernels are timed on CUDA only (the interpreter is for tests)"
+
+
 def _ours_triton_unavailable(device: str, T: int) -> str | None:
-    if device != "cuda":
-        return "Triton kernels are timed on CUDA only (the interpreter is for tests)"
+    if triton_unavailable(device):
+        return triton_unavailable(device)
     gla = importlib.import_module("kernels.gla")
     return None if hasattr(gla, "chunk_gla") else "kernels.gla does not export chunk_gla yet"
 
@@ -157,7 +205,20 @@ def errors_against_reference(kind: str, inputs: tuple, o: torch.Tensor, grads, d
         grads_part = [g_[:1, :1] for g_ in grads] if grads is not None else None
     result = {"rel_err_o": relative_error(o_part, o_ref), "rel_err_grads": None, "reference": reference}
     if grads_part is not None and grads_ref is not None:
-        errors = [relative_error(a, b) for a, b in zip(grads_part, grads_ref)]
-        # max() would drop a NaN that is not first; NaN never passes
-        result["rel_err_grads"] = float("nan") if any(math.isnan(e) for e in errors) else max(errors)
+        result["rel_err_grads"] = worst_error(grads_part, grads_ref)
     return result
+
+
+def gla_target(provider: Provider, case: Case, dtype, device: str) -> Target:
+    """A GLA or attention provider at one case (T, B, H, K, V)."""
+    c = case
+
+    def bytes_moved(mode):
+        if provider.kind == "gla":
+            return gla_case_bytes(case, dtype, mode)
+        return attention_bytes_per_token_head(ATTENTION_HEAD_DIM, dtype.itemsize, mode) * c.B * c.T * c.H
+
+    return Target(case, provider.kind, provider.name, provider.impl,
+                  lambda grad: make_inputs(provider.kind, c.B, c.T, c.H, c.K, c.V, dtype, device, grad),
+                  provider.load, lambda *checked: errors_against_reference(provider.kind, *checked),
+                  bytes_moved, provider.unavailable(device, c.T))
