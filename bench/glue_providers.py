@@ -180,5 +180,5 @@ def glue_targets(op: GlueOp, shape: GlueShape, dtype, device: str, providers=GLU
 
     return [Target(case, "glue", name, kinds[name][1], make_inputs,
                    lambda which=kinds[name][0]: function(op, which), errors,
-                   lambda mode: glue_bytes(op, shape, dtype, mode), kinds[name][2])
+                   lambda mode: glue_bytes(op, shape, dtype, mode), lambda mode, why=kinds[name][2]: why)
             for name in GLUE_PROVIDERS if name in providers]

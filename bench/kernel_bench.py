@@ -167,9 +167,9 @@ class KernelRun:
         def status_row(status, error):
             return [self.row(target.case, target.provider, target.impl, mode, "time", "ms", status=status,
                              error=error)]
-        if target.unavailable:
-            return status_row("skipped" if target.unavailable.startswith("skipped") else "unavailable",
-                              target.unavailable)
+        reason = target.unavailable(mode)
+        if reason:
+            return status_row("skipped" if reason.startswith("skipped") else "unavailable", reason)
         try:
             return self.measure(target, mode, bandwidth)
         except Exception as error:  # recorded with its message; the run goes on

@@ -15,6 +15,11 @@ from .registry import import_error
 
 GATE_LOGIT_NORMALIZER = 16  # DiG's gates, as its GLA layer makes them: g = logsigmoid(x) / 16
 NAIVE_MAX_T = 1024  # the token loop launches ~10 kernels per token: 65536 tokens would take minutes
+# Its autograd keeps about three [B, H, K, V] fp32 tensors per token (the state before the decay, the
+# decayed state and the new state that q reads): 18 GiB at K=32, V=64, H=6, B*T=131072, 48 GiB at
+# K=V=64, H=8, but 384 GiB at K=V=128, H=16, more than the H200's 141 GB: those are skipped.
+NAIVE_SAVED_STATES = 3
+NAIVE_MAX_SAVED_GIB = 64
 ATTENTION_REF_MAX_T = 4096  # float64 T x T reference for one (batch, head): 128 MiB at T = 4096
 ATTENTION_REF_QUERIES = 1024  # above that, only o of the first 1024 queries is checked (no grads)
 
@@ -79,7 +84,7 @@ class Target:
     load: Callable[[], Callable]  # -> fn(*inputs) -> output tensor (imported lazily)
     errors: Callable  # (inputs, o, grads or None, do or None) -> errors_against_reference's dict
     bytes_moved: Callable[[str], int]  # mode -> bytes that must move (the HBM floor's numerator)
-    unavailable: str | None  # the reason it is not measured here, or None
+    unavailable: Callable[[str], str | None]  # mode -> the reason it is not measured here, or None
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,10 @@ class Provider:
     kind: str
     impl: str
     load: Callable[[], Callable]  # -> fn(*inputs) -> o (imported lazily)
-    unavailable: Callable[[str, int], str | None]  # (device, T) -> reason or None
+    unavailable: Callable[[str, "Case", str], str | None]  # (device, case, mode) -> reason or None
 
 
-def _needs_cuda(device: str, T: int) -> str | None:
+def _needs_cuda(device: str, case=None, mode=None) -> str | None:
     return None if device == "cuda" else "needs a CUDA GPU"
 
 
@@ -104,19 +109,25 @@ def triton_unavailable(device: str) -> str | None:
     return "Triton kernels are timed on CUDA only (the interpreter is for tests)"
 
 
-def _ours_triton_unavailable(device: str, T: int) -> str | None:
+def _ours_triton_unavailable(device: str, case: Case, mode: str) -> str | None:
     if triton_unavailable(device):
         return triton_unavailable(device)
     gla = importlib.import_module("kernels.gla")
     return None if hasattr(gla, "chunk_gla") else "kernels.gla does not export chunk_gla yet"
 
 
-def _fla_unavailable(device: str, T: int) -> str | None:
-    return _needs_cuda(device, T) or import_error("fla.ops.gla")
+def _fla_unavailable(device: str, case: Case, mode: str) -> str | None:
+    return _needs_cuda(device) or import_error("fla.ops.gla")
 
 
-def _naive_unavailable(device: str, T: int) -> str | None:
-    return None if T <= NAIVE_MAX_T else f"skipped: T={T} > {NAIVE_MAX_T}, the token loop would take minutes"
+def _naive_unavailable(device: str, case: Case, mode: str) -> str | None:
+    if case.T > NAIVE_MAX_T:
+        return f"skipped: T={case.T} > {NAIVE_MAX_T}, the token loop would take minutes"
+    saved_gib = NAIVE_SAVED_STATES * 4 * case.B * case.T * case.H * case.K * case.V / 2**30
+    if mode == "fwd+bwd" and saved_gib > NAIVE_MAX_SAVED_GIB:
+        return (f"skipped: the token loop's backward would keep {saved_gib:.0f} GiB of fp32 states "
+                f"(> {NAIVE_MAX_SAVED_GIB} GiB)")
+    return None
 
 
 def _gla_fn(module: str, name: str):
@@ -145,7 +156,7 @@ PROVIDERS = (
     Provider("ours-triton", "gla", "kernels.gla.chunk_gla (Triton)", _gla_fn("kernels.gla", "chunk_gla"),
              _ours_triton_unavailable),
     Provider("ours-torch", "gla", "kernels.gla.chunk_gla_torch (PyTorch chunked)",
-             _gla_fn("kernels.gla", "chunk_gla_torch"), lambda device, T: None),
+             _gla_fn("kernels.gla", "chunk_gla_torch"), lambda device, case, mode: None),
     Provider("naive", "gla", "kernels.gla.naive_recurrent_gla (token loop)",
              _gla_fn("kernels.gla", "naive_recurrent_gla"), _naive_unavailable),
     Provider("sdpa-flash", "attention", "torch SDPA FLASH_ATTENTION (FlashAttention-2), head dim 64",
@@ -221,4 +232,4 @@ def gla_target(provider: Provider, case: Case, dtype, device: str) -> Target:
     return Target(case, provider.kind, provider.name, provider.impl,
                   lambda grad: make_inputs(provider.kind, c.B, c.T, c.H, c.K, c.V, dtype, device, grad),
                   provider.load, lambda *checked: errors_against_reference(provider.kind, *checked),
-                  bytes_moved, provider.unavailable(device, c.T))
+                  bytes_moved, lambda mode: provider.unavailable(device, c, mode))

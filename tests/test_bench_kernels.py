@@ -200,3 +200,13 @@ def test_the_committed_kernel_csv_still_renders():
     section = kernel_section(frame)
     assert "**GLA K=32, V=64, H=6**" in section and "| ours-triton | fwd+bwd | 65536 |" in section
     assert set(frame["op"]) == {"gla"}
+
+
+def test_naive_backward_is_skipped_where_its_saved_states_would_not_fit():
+    reason = kernel_providers.PROVIDERS[3].unavailable
+    assert kernel_providers.PROVIDERS[3].name == "naive"
+    big = Case("gla", 1024, 128, 16, 128, 128)  # B*T = 131072: 384 GiB of fp32 states
+    assert reason("cuda", big, "fwd") is None
+    assert reason("cuda", big, "fwd+bwd") == ("skipped: the token loop's backward would keep 384 GiB of fp32 "
+                                              "states (> 64 GiB)")
+    assert reason("cuda", Case("gla", 1024, 128, 8, 64, 64), "fwd+bwd") is None  # 48 GiB
