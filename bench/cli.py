@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import REPO_ROOT, registry, scale
+from . import REPO_ROOT, kernel_cli, registry, scale
 from .errors import CsvFileError, UsageError
 from .registry import FIG2_FAMILIES, FIG3_FAMILIES, SIZES
 from .spec import (
@@ -28,8 +28,6 @@ from .spec import (
     FIG2_BATCH,
     FIG2_RESOLUTIONS,
     FIG3_BATCH,
-    KERNEL_PROVIDERS,
-    KERNEL_TOKENS,
     MODES,
     SweepSettings,
     check_grid,
@@ -267,8 +265,7 @@ def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
     if not models.exists() and not kernels.exists():
         raise UsageError(f"no {MODELS_CSV} or {KERNELS_CSV} in {out}; run a sweep or `kernels` first.")
     from . import figures
-    from .results import load_frame
-    from .schema import KERNEL_REQUIRED
+    from .results import load_frame, load_kernels
 
     drawn = {}
     if models.exists():
@@ -290,7 +287,7 @@ def make_figures(args, out: Path, which=("fig2", "fig3", "kernels")) -> dict:
                     frame, out / f"fig3{suffix}.png", batch_by_resolution=batches, view=view)
     if kernels.exists() and "kernels" in which:
         drawn["Kernel time vs sequence length"] = figures.kernel_figure(
-            load_frame(kernels, KERNEL_REQUIRED, "kernels"), out / "kernels.png")
+            load_kernels(kernels), out / "kernels.png")
     missing = [caption for caption, path in drawn.items() if path is None]
     drawn = {caption: path for caption, path in drawn.items() if path is not None}
     for path in drawn.values():
@@ -334,57 +331,9 @@ def cmd_report(args):
     write_report(args, readable_results(args))
 
 
-def cmd_kernels(args):
-    from .schema import KERNEL_REQUIRED
-
-    lengths = ints(args.lengths)
-    if lengths and min(lengths) < 1:
-        raise UsageError(f"--lengths must be positive, got {min(lengths)}.")
-    providers = tuple(split_list(args.providers)) or None
-    unknown = [name for name in providers or () if name not in KERNEL_PROVIDERS]
-    if unknown:
-        raise UsageError(f"unknown provider {unknown[0]!r}; choose from {', '.join(KERNEL_PROVIDERS)}.")
-    out = output_dir(args)
-    check_existing_csv(out / KERNELS_CSV, KERNEL_REQUIRED, "kernels")
-    device = resolve_device(args)
-    if device != "cuda" and not args.allow_cpu:
-        raise UsageError("the kernel benchmark times GPU kernels; no CUDA GPU here "
-                         "(--allow-cpu runs the PyTorch providers for a smoke test).")
-    from .kernel_bench import KernelRun, KernelSettings, summary_table
-
-    dtype = args.dtype or DEVICE_DEFAULTS[device]["dtype"]
-    settings = KernelSettings(device=device, tokens=args.tokens, dtype=dtype, providers=providers)
-    if lengths:
-        settings.lengths = lengths
-    csv_path = out / KERNELS_CSV
-    rows = KernelRun(settings, csv_path).run(progress=print)
-    print(summary_table(rows))
-    print(f"wrote {csv_path}")
-
-
-def cmd_tune(args):
-    out = output_dir(args)
-    if resolve_device(args) != "cuda":
-        raise UsageError("tune times the Triton kernel on this machine's GPU; torch sees no CUDA GPU.")
-    from .kernel_bench import DTYPES as TORCH_DTYPES
-
-    try:
-        from kernels.gla import tuning
-    except ImportError as error:
-        print(f"bench.py tune: kernels.gla.tuning does not import ({error})", file=sys.stderr)
-        raise SystemExit(1) from None
-    dtype = TORCH_DTYPES[args.dtype]
-    tuning.tune(shapes=None, dtype=dtype, force=args.force, progress=print)
-    table = tuning.tuning_table(dtype)
-    csv_path = out / "tuning.csv"
-    table.to_csv(csv_path, index=False)
-    print(tuning.tuning_summary(table))
-    print(f"cache: {tuning.cache_path()}; every candidate's time: {csv_path}")
-
-
 def cmd_merge(args):
     from . import csvstore
-    from .schema import KERNEL_KEY, MODEL_KEY, csv_kind
+    from .schema import KERNEL_DEFAULTS, KERNEL_KEY, MODEL_KEY, csv_kind
     from .spec import KEY_DEFAULTS
 
     kinds = []
@@ -407,7 +356,7 @@ def cmd_merge(args):
     if output.is_dir():
         raise UsageError(f"-o {output} is a directory; give a file name.")
     output_dir(argparse.Namespace(out=str(output.parent)))
-    key, defaults = (KERNEL_KEY, None) if kinds[0] == "kernels" else (MODEL_KEY, KEY_DEFAULTS)
+    key, defaults = (KERNEL_KEY, KERNEL_DEFAULTS) if kinds[0] == "kernels" else (MODEL_KEY, KEY_DEFAULTS)
     count = csvstore.merge([Path(p) for p in args.inputs], output, key, defaults)
     print(f"wrote {count} rows to {output}")
 
@@ -518,22 +467,6 @@ def add_sweep_options(parser):
     parser.add_argument("--plugin", action="append", help="Python file that registers families (repeatable)")
 
 
-def add_kernel_options(parser):
-    add_output(parser)
-    parser.add_argument("--lengths", nargs="+", help="sequence lengths T (default 256 .. 65536)")
-    parser.add_argument("--tokens", type=whole(1), default=KERNEL_TOKENS,
-                        help=f"B*T, fixed (default {KERNEL_TOKENS})")
-    parser.add_argument("--dtype", choices=DTYPES, help="input dtype " + defaults("dtype"))
-    parser.add_argument("--providers", nargs="+", help=f"of {', '.join(KERNEL_PROVIDERS)} (default all)")
-    parser.add_argument("--allow-cpu", action="store_true", help="smoke-test the PyTorch providers on CPU")
-
-
-def add_tune_options(parser):
-    add_output(parser)
-    parser.add_argument("--dtype", choices=DTYPES, default="bf16")
-    parser.add_argument("--force", action="store_true", help="re-tune shapes already in the cache")
-
-
 def add_profile_options(parser):
     add_sweep_options(parser)
     parser.add_argument("--steps", type=whole(1), default=3, help="profiled steps per point (default 3)")
@@ -558,9 +491,10 @@ COMMANDS = [
     ("fig2", cmd_fig2, "Fig. 2 sweep (S/2, 256..2048 px; the CPU grid on CPU) then its figure",
      add_sweep_options),
     ("fig3", cmd_fig3, "Fig. 3 sweeps (S, B, L, XL at 1024 and 2048 px) then its figure", add_sweep_options),
-    ("kernels", cmd_kernels, "kernel benchmark: GLA (ours, fla, naive) vs SDPA attention",
-     add_kernel_options),
-    ("tune", cmd_tune, "tune the Triton GLA kernel for this GPU (kernels.gla.tuning)", add_tune_options),
+    ("kernels", kernel_cli.cmd_kernels, "kernel benchmark: GLA (ours, fla, naive) vs SDPA attention over T "
+     "and head dims; the fused glue ops vs their PyTorch twins", kernel_cli.add_kernel_options),
+    ("tune", kernel_cli.cmd_tune, "tune the Triton GLA kernel for this GPU per head-dim class "
+     "(kernels.gla.tuning)", kernel_cli.add_tune_options),
     ("profile", cmd_profile, "where each point's GPU time goes: ms and launches per step by kernel category "
      "(GEMM, GLA, glue, ...) into <out>/profile.csv", add_profile_options),
     ("plot", cmd_plot, "draw the figures from the CSVs in --out", add_plot_options),

@@ -164,14 +164,18 @@ def record(path: Path, rows: list[dict], columns: Sequence[str], key: Sequence[s
                 out.flush()
                 os.fsync(out.fileno())
             return
-        kept = [row for row in existing if row_key(row, key, defaults) not in new_keys]
+        # Rows from before a key column existed get its default written out, so that they keep
+        # their key after the rewrite (an empty cell would be another key).
+        kept = [{**(defaults or {}), **row} for row in existing
+                if row_key(row, key, defaults) not in new_keys]
         all_columns = list(columns) + [c for c in header if c not in columns]
         replace_file(path, to_text(all_columns, kept + rows, header=True))
 
 
 def merge(paths: Sequence[Path], out: Path, key: Sequence[str], defaults: dict | None = None) -> int:
     """Merge CSVs into `out`; for a key in several, the point with the latest timestamp wins (ties:
-    the file named last). Returns the number of rows written."""
+    the file named last); a key column a file lacks is written as its default. Returns the number
+    of rows written."""
     groups: dict[tuple, list[dict]] = {}
     columns: list[str] = []
     for path in paths:
@@ -183,6 +187,6 @@ def merge(paths: Sequence[Path], out: Path, key: Sequence[str], defaults: dict |
         for point_key, point in by_key.items():
             if point_key not in groups or point[0]["timestamp"] >= groups[point_key][0]["timestamp"]:
                 groups[point_key] = point
-    merged = [row for point in groups.values() for row in point]
+    merged = [{**(defaults or {}), **row} for point in groups.values() for row in point]
     write(out, columns, merged)
     return len(merged)

@@ -178,34 +178,39 @@ def fig3(frame: pd.DataFrame, out_path: Path, resolutions=(1024, 2048),
 
 
 def kernel_figure(frame: pd.DataFrame, out_path: Path) -> Path | None:
-    """Kernel time (ms) vs sequence length T, log-log, forward and forward+backward panels."""
-    rows, left_out = one_machine(frame[(frame["metric"] == "time") & (frame["status"] == "ok")])
+    """GLA kernel time (ms) vs sequence length T, log-log: a row of panels per head-dim class (K, V, H),
+    forward and forward+backward side by side. The glue rows have no T axis: REPORT.md tables them."""
+    gla = frame[(frame["op"] == "gla") & (frame["metric"] == "time") & (frame["status"] == "ok")]
+    rows, left_out = one_machine(gla)
     if rows.empty:
         return None
     modes = [m for m in ("fwd", "fwd+bwd") if (rows["mode"] == m).any()]
-    fig = Figure(figsize=(6.5 * len(modes), 4.8))
-    axes = fig.subplots(1, len(modes), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        for provider, points in rows[rows["mode"] == mode].groupby("provider", sort=False):
-            points = points.sort_values("T")
-            floor = provider == "hbm-floor"
-            ax.plot(points["T"], points["median"], ls=":" if floor else "-", marker=None if floor else "o",
-                    color="0.4" if floor else None, label=provider)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        lengths = sorted(rows["T"].unique())
-        ax.set_xticks(lengths, [str(int(t)) for t in lengths], rotation=45)
-        ax.set_xlabel("sequence length T (tokens); B*T fixed")
-        ax.set_ylabel(f"{mode} time (ms)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    classes = list(rows.groupby(["K", "V", "H"]))
+    fig = Figure(figsize=(6.5 * len(modes), 4.2 * len(classes) + 0.6))
+    axes = fig.subplots(len(classes), len(modes), squeeze=False)
+    for ax_row, ((K, V, H), group) in zip(axes, classes):
+        for ax, mode in zip(ax_row, modes):
+            for provider, points in group[group["mode"] == mode].groupby("provider", sort=False):
+                points = points.sort_values("T")
+                floor = provider == "hbm-floor"
+                ax.plot(points["T"], points["median"], ls=":" if floor else "-",
+                        marker=None if floor else "o", color="0.4" if floor else None, label=provider)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            lengths = sorted(group["T"].unique())
+            ax.set_xticks(lengths, [str(int(t)) for t in lengths], rotation=45)
+            ax.set_xlabel("sequence length T (tokens); B*T fixed")
+            ax.set_ylabel(f"{mode} time (ms)")
+            ax.set_title(f"K={int(K)}, V={int(V)}, H={int(H)}", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
     first = rows.iloc[0]
-    fig.suptitle(f"GLA and attention kernels - {machine_label(first)}, {first['dtype']}, H={first['H']}, "
-                 f"K={first['K']}, V={first['V']}, B*T={int(first['B'] * first['T'])}")
+    fig.suptitle(f"GLA and attention kernels - {machine_label(first)}, {first['dtype']}, "
+                 f"B*T={int(first['B'] * first['T'])}")
     timer = ("perf_counter median of 5 calls (CPU smoke run)" if first["gpu"] == "cpu"
              else "triton.testing.do_bench median")
     footnote(fig, f"{timer}; hbm-floor = bytes GLA must move / measured device copy bandwidth; "
-                  "attention head dim 64, non-causal. See bench/kernel_bench.py", left_out)
+                  "attention head dim 64, non-causal, beside K=32, V=64. See bench/kernel_bench.py", left_out)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out_path, dpi=130)
     return out_path

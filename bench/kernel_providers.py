@@ -1,5 +1,6 @@
 """What the kernel benchmark times: GLA implementations and SDPA attention, their inputs,
-the bytes each must move (the HBM floor) and the float64 references their errors are taken against.
+the bytes each must move (the HBM floor) and the float64 references their errors are taken against;
+and the Case and Target records that the GLA and the glue rows (bench/glue_providers.py) share.
 """
 
 import importlib
@@ -14,6 +15,11 @@ from .registry import import_error
 
 GATE_LOGIT_NORMALIZER = 16  # DiG's gates, as its GLA layer makes them: g = logsigmoid(x) / 16
 NAIVE_MAX_T = 1024  # the token loop launches ~10 kernels per token: 65536 tokens would take minutes
+# Its autograd keeps about three [B, H, K, V] fp32 tensors per token (the state before the decay, the
+# decayed state and the new state that q reads): 18 GiB at K=32, V=64, H=6, B*T=131072, 48 GiB at
+# K=V=64, H=8, but 384 GiB at K=V=128, H=16, more than the H200's 141 GB: those are skipped.
+NAIVE_SAVED_STATES = 3
+NAIVE_MAX_SAVED_GIB = 64
 ATTENTION_REF_MAX_T = 4096  # float64 T x T reference for one (batch, head): 128 MiB at T = 4096
 ATTENTION_REF_QUERIES = 1024  # above that, only o of the first 1024 queries is checked (no grads)
 
@@ -29,6 +35,11 @@ def gla_bytes_per_token_head(K: int, V: int, itemsize: int, mode: str) -> int:
     return itemsize * (forward + (backward if mode == "fwd+bwd" else 0))
 
 
+def gla_case_bytes(case, dtype, mode: str) -> int:
+    """gla_bytes_per_token_head times the case's B * T * H."""
+    return gla_bytes_per_token_head(case.K, case.V, dtype.itemsize, mode) * case.B * case.T * case.H
+
+
 def attention_bytes_per_token_head(D: int, itemsize: int, mode: str) -> int:
     """Same for attention (head dim D): forward reads q, k, v and writes o; backward reads q, k, v,
     o, do and writes dq, dk, dv (the fp32 log-sum-exp, 4 bytes, is left out)."""
@@ -41,6 +52,41 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
+def worst_error(outs, refs) -> float:
+    """The largest relative_error of pairs; NaN if any is NaN (max() would drop a NaN not first)."""
+    errors = [relative_error(out, ref) for out, ref in zip(outs, refs)]
+    return float("nan") if any(math.isnan(e) for e in errors) else max(errors)
+
+
+@dataclass(frozen=True)
+class Case:
+    """What one set of rows measures: op ("gla" or a glue op's name) and its shape. GLA: B, T, H and
+    the head dims K, V; glue: N images (B) of T tokens, H heads of V (the norm), the rest in `shape`."""
+
+    op: str
+    T: int
+    B: int
+    H: int
+    K: int | str
+    V: int
+    shape: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One provider at one case, as the benchmark times it."""
+
+    case: Case
+    kind: str  # "gla", "attention" or "glue"
+    provider: str
+    impl: str
+    make_inputs: Callable[[bool], tuple]  # grad -> fresh random inputs (leaves requiring grad if grad)
+    load: Callable[[], Callable]  # -> fn(*inputs) -> output tensor (imported lazily)
+    errors: Callable  # (inputs, o, grads or None, do or None) -> errors_against_reference's dict
+    bytes_moved: Callable[[str], int]  # mode -> bytes that must move (the HBM floor's numerator)
+    unavailable: Callable[[str], str | None]  # mode -> the reason it is not measured here, or None
+
+
 @dataclass(frozen=True)
 class Provider:
     """One timed implementation. kind: 'gla' (q, k, v, g) or 'attention' (q, k, v)."""
@@ -49,26 +95,39 @@ class Provider:
     kind: str
     impl: str
     load: Callable[[], Callable]  # -> fn(*inputs) -> o (imported lazily)
-    unavailable: Callable[[str, int], str | None]  # (device, T) -> reason or None
+    unavailable: Callable[[str, "Case", str], str | None]  # (device, case, mode) -> reason or None
 
 
-def _needs_cuda(device: str, T: int) -> str | None:
+def _needs_cuda(device: str, case=None, mode=None) -> str | None:
     return None if device == "cuda" else "needs a CUDA GPU"
 
 
-def _ours_triton_unavailable(device: str, T: int) -> str | None:
-    if device != "cuda":
-        return "Triton kernels are timed on CUDA only (the interpreter is for tests)"
+def triton_unavailable(device: str) -> str | None:
+    """Why a Triton kernel is not timed on this device, or None."""
+    if device == "cuda":
+        return None
+    return "Triton kernels are timed on CUDA only (the interpreter is for tests)"
+
+
+def _ours_triton_unavailable(device: str, case: Case, mode: str) -> str | None:
+    if triton_unavailable(device):
+        return triton_unavailable(device)
     gla = importlib.import_module("kernels.gla")
     return None if hasattr(gla, "chunk_gla") else "kernels.gla does not export chunk_gla yet"
 
 
-def _fla_unavailable(device: str, T: int) -> str | None:
-    return _needs_cuda(device, T) or import_error("fla.ops.gla")
+def _fla_unavailable(device: str, case: Case, mode: str) -> str | None:
+    return _needs_cuda(device) or import_error("fla.ops.gla")
 
 
-def _naive_unavailable(device: str, T: int) -> str | None:
-    return None if T <= NAIVE_MAX_T else f"skipped: T={T} > {NAIVE_MAX_T}, the token loop would take minutes"
+def _naive_unavailable(device: str, case: Case, mode: str) -> str | None:
+    if case.T > NAIVE_MAX_T:
+        return f"skipped: T={case.T} > {NAIVE_MAX_T}, the token loop would take minutes"
+    saved_gib = NAIVE_SAVED_STATES * 4 * case.B * case.T * case.H * case.K * case.V / 2**30
+    if mode == "fwd+bwd" and saved_gib > NAIVE_MAX_SAVED_GIB:
+        return (f"skipped: the token loop's backward would keep {saved_gib:.0f} GiB of fp32 states "
+                f"(> {NAIVE_MAX_SAVED_GIB} GiB)")
+    return None
 
 
 def _gla_fn(module: str, name: str):
@@ -97,7 +156,7 @@ PROVIDERS = (
     Provider("ours-triton", "gla", "kernels.gla.chunk_gla (Triton)", _gla_fn("kernels.gla", "chunk_gla"),
              _ours_triton_unavailable),
     Provider("ours-torch", "gla", "kernels.gla.chunk_gla_torch (PyTorch chunked)",
-             _gla_fn("kernels.gla", "chunk_gla_torch"), lambda device, T: None),
+             _gla_fn("kernels.gla", "chunk_gla_torch"), lambda device, case, mode: None),
     Provider("naive", "gla", "kernels.gla.naive_recurrent_gla (token loop)",
              _gla_fn("kernels.gla", "naive_recurrent_gla"), _naive_unavailable),
     Provider("sdpa-flash", "attention", "torch SDPA FLASH_ATTENTION (FlashAttention-2), head dim 64",
@@ -157,7 +216,20 @@ def errors_against_reference(kind: str, inputs: tuple, o: torch.Tensor, grads, d
         grads_part = [g_[:1, :1] for g_ in grads] if grads is not None else None
     result = {"rel_err_o": relative_error(o_part, o_ref), "rel_err_grads": None, "reference": reference}
     if grads_part is not None and grads_ref is not None:
-        errors = [relative_error(a, b) for a, b in zip(grads_part, grads_ref)]
-        # max() would drop a NaN that is not first; NaN never passes
-        result["rel_err_grads"] = float("nan") if any(math.isnan(e) for e in errors) else max(errors)
+        result["rel_err_grads"] = worst_error(grads_part, grads_ref)
     return result
+
+
+def gla_target(provider: Provider, case: Case, dtype, device: str) -> Target:
+    """A GLA or attention provider at one case (T, B, H, K, V)."""
+    c = case
+
+    def bytes_moved(mode):
+        if provider.kind == "gla":
+            return gla_case_bytes(case, dtype, mode)
+        return attention_bytes_per_token_head(ATTENTION_HEAD_DIM, dtype.itemsize, mode) * c.B * c.T * c.H
+
+    return Target(case, provider.kind, provider.name, provider.impl,
+                  lambda grad: make_inputs(provider.kind, c.B, c.T, c.H, c.K, c.V, dtype, device, grad),
+                  provider.load, lambda *checked: errors_against_reference(provider.kind, *checked),
+                  bytes_moved, lambda mode: provider.unavailable(device, c, mode))

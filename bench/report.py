@@ -18,8 +18,7 @@ from .errors import CsvFileError
 from .flops import H200_BF16_DENSE_PEAK_TFLOPS
 from .frames import EXEC_VIEWS, exec_view, machine_label, one_machine, ordered, series_name
 from .registry import FIG2_FAMILIES
-from .results import load_frame
-from .schema import KERNEL_REQUIRED
+from .results import load_frame, load_kernels
 from .spec import KEY_FIELDS
 
 PROTOCOL_PATH = Path(__file__).with_name("PROTOCOL.md")
@@ -167,59 +166,14 @@ def failures_section(frame: pd.DataFrame) -> str:
     if rows.empty:
         return "every point ran (ok or OOM)."
     name, where = ("model", "resolution") if "model" in rows else ("provider", "T")
-    table = sorted({(r[name], str(int(r[where])), r["mode"], r["status"], r["error"])
+
+    def label(row):  # a glue op's row names its op and shape
+        if row.get("op", "gla") == "gla":
+            return row[name]
+        return f"{row[name]} {row['op']} {row['shape'].split(':')[0]}"
+    table = sorted({(label(r), str(int(r[where])), r["mode"], r["status"], r["error"])
                     for _, r in rows.iterrows()})
     return "\n\n" + md_table((name, where, "mode", "status", "reason"), table)
-
-
-KERNEL_CHECKS = ("bandwidth", "floor_ratio", "fla_ratio", "rel_err_o", "rel_err_grads")
-
-
-def kernel_section(kernels: pd.DataFrame) -> str:
-    """Time tables per mode, then each timing's GB/s, ratios and errors against its reference."""
-    rows, left_out = one_machine(kernels)
-    parts = [f"Measured on {machine_label(rows.iloc[0])}, git commits {commit_summary(rows)}"
-             + (f"; {left_out}." if left_out else ".")]
-    copy = rows[(rows["provider"] == "device-copy") & (rows["status"] == "ok")]
-    if not copy.empty:
-        parts.append(f"Measured device-to-device copy bandwidth (bytes read + written): "
-                     f"{copy['median'].iloc[0]:.4g} GB/s; the HBM floor is the bytes GLA must move over it.")
-    times = rows[rows["metric"] == "time"]
-    for mode, group in times.groupby("mode", sort=False):
-        lengths = sorted(group["T"].unique())
-        table = []
-        for provider, line in group.groupby("provider", sort=False):
-            line = line.set_index("T")
-            cells = [("" if t not in line.index else f"{line.loc[t, 'median']:.3g}"
-                      if line.loc[t, "status"] == "ok" else line.loc[t, "status"]) for t in lengths]
-            table.append([provider] + cells)
-        header = ["provider"] + [f"T={int(t)}" for t in lengths]
-        parts.append(f"**{mode}, time (ms), B*T fixed**\n\n" + md_table(header, table))
-    checks = rows[rows["metric"].isin(KERNEL_CHECKS) & (rows["provider"] != "device-copy")]
-    if not checks.empty:
-        table = []
-        for (provider, mode, T), line in checks.groupby(["provider", "mode", "T"], sort=False):
-            line = line.set_index("metric")
-            cells = [("" if m not in line.index else f"{line.loc[m, 'median']:.3g}"
-                      if line.loc[m, "status"] == "ok" else line.loc[m, "status"]) for m in KERNEL_CHECKS]
-            reference = next((r for r in line["reference"] if r), "")
-            table.append([provider, mode, int(T), *cells, reference])
-        header = ("provider", "mode", "T", "GB/s", "x HBM floor", "x fla", "rel err o", "rel err grads",
-                  "reference")
-        parts.append("**beside each timing: bandwidth, ratios, errors (||x - ref|| / ||ref||)**\n\n"
-                     + md_table(header, table))
-    return "\n\n".join(parts)
-
-
-def tuning_section(tuning_csv: Path) -> str:
-    """The chunk-size tuning of `python bench.py tune`: best fwd+bwd ms per chunk size and shape."""
-    from kernels.gla.tuning import tuning_summary
-
-    table = pd.read_csv(tuning_csv)
-    gpus = "; ".join(sorted(set(table["gpu"])))
-    return (f"`python bench.py tune` on {gpus}: forward + backward of `chunk_gla`, bf16, median ms of "
-            "`triton.testing.do_bench`, best launch config per chunk size; every candidate is in "
-            f"`{tuning_csv.name}`.\n\n```\n{tuning_summary(table)}\n```")
 
 
 # ------------------------------------------------------------------------ reference results
@@ -307,8 +261,10 @@ def write_report(out_dir: Path, models_csv: Path, kernels_csv: Path | None, figu
     if (out_dir / "profile.csv").exists():
         sections.append("## Where the GPU time goes\n\n" + profile_section(out_dir / "profile.csv"))
     failures = ["Models: " + failures_section(frame)]
+    from .kernel_report import kernel_section, tuning_section  # they use this module's tables
+
     if kernels_csv is not None:
-        kernels = load_frame(kernels_csv, KERNEL_REQUIRED, "kernels")
+        kernels = load_kernels(kernels_csv)
         sections.append("## Kernel benchmark\n\n" + kernel_section(kernels))
         failures.append("Kernels: " + failures_section(one_machine(kernels)[0]))
     else:

@@ -18,7 +18,16 @@ from .env import environment, timestamp
 from .errors import CsvFileError
 from .flops import H200_BF16_DENSE_PEAK_TFLOPS, flops_per_image, mfu
 from .registry import get_family
-from .schema import DONE_STATUSES, MACHINE_COLUMNS, MODEL_COLUMNS, MODEL_KEY, MODEL_REQUIRED, POINT_METRICS
+from .schema import (
+    DONE_STATUSES,
+    KERNEL_DEFAULTS,
+    KERNEL_REQUIRED,
+    MACHINE_COLUMNS,
+    MODEL_COLUMNS,
+    MODEL_KEY,
+    MODEL_REQUIRED,
+    POINT_METRICS,
+)
 from .spec import KEY_DEFAULTS, KEY_FIELDS
 
 NUMERIC_COLUMNS = ("median", "p20", "p80", "n_reps", "resolution", "batch", "patch", "tokens",
@@ -113,17 +122,19 @@ def keys_with_status(path: Path, statuses: Sequence[str] = DONE_STATUSES) -> set
             if metrics[key] >= set(POINT_METRICS["cpu" if key[gpu] == "cpu" else "cuda"])}
 
 
-def load_frame(path: Path, required: Sequence[str] = MODEL_REQUIRED, kind: str = "models") -> pd.DataFrame:
+def load_frame(path: Path, required: Sequence[str] = MODEL_REQUIRED, kind: str = "models",
+               defaults: dict = KEY_DEFAULTS) -> pd.DataFrame:
     """The CSV as a DataFrame: text columns as str ("" when empty), value columns as numbers (NaN
-    when empty). CsvFileError if the file is missing, empty, not this kind of CSV, or holds a value
-    that is no number in a numeric column."""
+    when empty); a column the file lacks takes its `defaults` value (the models CSV's key defaults,
+    or bench.schema.KERNEL_DEFAULTS). CsvFileError if the file is missing, empty, not this kind of
+    CSV, or holds a value that is no number in a numeric column."""
     path = Path(path)
     if not path.exists():
         raise CsvFileError(f"results file {path} does not exist; run a sweep first.")
     header, rows = csvstore.read(path)
     csvstore.require_columns(path, header, required, kind)
     frame = pd.DataFrame(rows, columns=header, dtype=str)
-    for column, default in {**dict.fromkeys([*MACHINE_COLUMNS, "threads"], ""), **KEY_DEFAULTS}.items():
+    for column, default in {**dict.fromkeys([*MACHINE_COLUMNS, "threads"], ""), **defaults}.items():
         if column not in frame:
             frame[column] = default
     for column in NUMERIC_COLUMNS:
@@ -136,3 +147,8 @@ def load_frame(path: Path, required: Sequence[str] = MODEL_REQUIRED, kind: str =
                                    "not a number.")
             frame[column] = numbers
     return frame
+
+
+def load_kernels(path: Path) -> pd.DataFrame:
+    """A kernels CSV as a DataFrame (load_frame); rows of older files read as KERNEL_DEFAULTS says."""
+    return load_frame(path, KERNEL_REQUIRED, "kernels", KERNEL_DEFAULTS)

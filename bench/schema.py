@@ -16,9 +16,15 @@ MODEL_COLUMNS = ["family", "model", "size", "patch", "resolution", "tokens", "ba
                  "compile_mode", "metric", "unit", "median", "p20", "p80", "n_reps", "status", "error",
                  "backend", "check", "dtype", "threads", *ENV_COLUMNS]
 MODEL_KEY = (*KEY_FIELDS, *MACHINE_COLUMNS)
-KERNEL_COLUMNS = ["provider", "impl", "mode", "T", "B", "H", "K", "V", "dtype", "metric", "unit", "median",
-                  "p20", "p80", "status", "error", "reference", *ENV_COLUMNS]
-KERNEL_KEY = ("provider", "mode", "T", "B", "H", "K", "V", "dtype", *MACHINE_COLUMNS)
+# op: "gla" for the GLA comparison (its SDPA attention baselines, HBM floor and the device copy
+# included) or the name of a fused glue op (bench/glue_providers.py); shape: the glue rows' model
+# and dims ("" for GLA rows, whose B, T, H, K, V are the shape).
+KERNEL_COLUMNS = ["op", "provider", "impl", "mode", "T", "B", "H", "K", "V", "shape", "dtype", "metric",
+                  "unit", "median", "p20", "p80", "status", "error", "reference", *ENV_COLUMNS]
+KERNEL_KEY = ("op", "provider", "mode", "T", "B", "H", "K", "V", "shape", "dtype", *MACHINE_COLUMNS)
+# Kernel CSVs written before the head-dim axis and the glue rows read as GLA rows of DiG-S/2's one
+# head shape (the only one measured then).
+KERNEL_DEFAULTS = {"op": "gla", "shape": "", "H": "6", "K": "32", "V": "64"}
 STATUSES = ("ok", "OOM", "error", "unavailable")
 # The rows of one point (bench.results.point_rows); a point missing one (a cut write) is not done.
 POINT_METRICS = {"cuda": ("throughput", "peak_mem_alloc", "peak_mem_nvml", "n_params"),
@@ -28,7 +34,7 @@ DONE_STATUSES = ("ok", "OOM")  # errors are re-run; unavailability is re-checked
 # machine) and a key field added later (read as its KEY_DEFAULTS value).
 MEASURED = ["metric", "unit", "median", "p20", "p80", "status", "error", "gpu", "host", "timestamp"]
 MODEL_REQUIRED = [*(f for f in KEY_FIELDS if f not in KEY_DEFAULTS), "backend", *MEASURED]
-KERNEL_REQUIRED = ["provider", "mode", "T", "B", "H", "K", "V", "dtype", *MEASURED]
+KERNEL_REQUIRED = ["provider", "mode", "T", "B", "dtype", *MEASURED]
 
 
 def csv_kind(header: Sequence[str]) -> str:

@@ -53,6 +53,44 @@ CPU_TIME_BUDGET_S = 110.0
 KERNEL_LENGTHS = (256, 1024, 4096, 9216, 12544, 16384, 65536)
 KERNEL_TOKENS = 131072  # B * T, fixed
 KERNEL_PROVIDERS = ("fla", "ours-triton", "ours-torch", "naive", "sdpa-flash", "sdpa-cudnn")
+# The head-dim classes (K, V) of the GLA rows and their heads H: (32, 64) is DiG's head at every size
+# (K = D / 2H, V = D / H), with DiG-S/2's H=6; (64, 64) with H=8 and (128, 128) with H=16 are the
+# common heads of other GLA models, where fla is fast: fwd+bwd bf16 1.88 ms at K=V=64, H=8, B=8,
+# T=4096 on the H200 (ours 2.86), and 1.43 ms at K=V=128, H=16, B=4, T=2048 in fla's README (GB200).
+# `--heads` overrides H for every class.
+KERNEL_HEADS = {(32, 64): 6, (64, 64): 8, (128, 128): 16}
+KERNEL_HEAD_DIMS = tuple(KERNEL_HEADS)
+# The SDPA attention rows (head dim 64, DiT's) are measured with the DiG-S class only: 6 heads of 64
+# are DiT-S/2's attention at DiG-S/2's width.
+ATTENTION_HEAD_CLASS = (32, 64)
+# The two parts of `bench.py kernels`: the GLA comparison over T and head dims, and the fused glue
+# ops of a DiG block (bench/glue_providers.py).
+KERNEL_OPS = ("gla", "glue")
+GLUE_PROVIDERS = ("ours-triton", "torch-ref")  # the fused Triton op and its eager PyTorch *_ref twin
+GLUE_RESOLUTION = 2048  # px: the glue rows' images, 128 x 128 = 16384 tokens at patch 2
+# `bench.py tune`: the DiG shapes (kernels/gla/tuning.py's DIG_TUNING_SHAPES, seven T) for (32, 64);
+# four T buckets for the other classes keep the tuning run short.
+TUNE_LENGTHS = (1024, 4096, 16384, 65536)
+
+
+def parse_head_dims(text: str) -> tuple[int, int]:
+    """'32x64' -> (32, 64); ValueError for anything that is not two positive whole numbers KxV."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(f"--head-dims takes KxV pairs of positive whole numbers like 32x64; got {text!r}.")
+    return int(parts[0]), int(parts[1])
+
+
+def heads_for(head_dims: tuple[int, int], heads: int | None = None) -> int:
+    """H of a head-dim class: `heads` if given, else KERNEL_HEADS's; ValueError for a class with
+    no head count on record (the caller gives --heads)."""
+    if heads is not None:
+        return heads
+    if tuple(head_dims) not in KERNEL_HEADS:
+        known = ", ".join(f"{k}x{v}" for k, v in KERNEL_HEADS)
+        raise ValueError(f"no head count on record for {head_dims[0]}x{head_dims[1]} (only for {known}); "
+                         "give --heads.")
+    return KERNEL_HEADS[tuple(head_dims)]
 
 
 def key_field(default=None, **kwargs):

@@ -128,6 +128,14 @@ def bad_inputs(tmp_path):
         (["kernels", "--device", "cpu", "--out", out], "no CUDA GPU here"),
         (["kernels", "--providers", "bogus", "--out", out], "unknown provider 'bogus'"),
         (["kernels", "--lengths", "0", "--out", out], "--lengths must be positive"),
+        (["kernels", "--head-dims", "32-64", "--out", out], "--head-dims takes KxV pairs of positive whole "
+                                                            "numbers like 32x64; got '32-64'"),
+        (["kernels", "--head-dims", "0x64", "--out", out], "got '0x64'"),
+        (["kernels", "--head-dims", "48x80", "--out", out], "no head count on record for 48x80"),
+        (["kernels", "--heads", "0", "--out", out], "argument --heads: must be at least 1, got 0"),
+        (["kernels", "--ops", "attention", "--out", out], "invalid choice: 'attention'"),
+        (["kernels", "--glue-resolution", "100", "--out", out], "--glue-resolution must be a multiple of 16"),
+        (["tune", "--head-dims", "64", "--out", out], "--head-dims takes KxV"),
         (["nosuchcommand"], "invalid choice: 'nosuchcommand'"),
     ]
     if not torch.cuda.is_available():  # on a GPU these would run
@@ -166,6 +174,7 @@ def run_cli_in_fresh_python(argv) -> dict:
 
 @pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["sweep", "--models", "Nope"],
                                   ["--timeout", "0"], ["kernels", "--providers", "bogus"],
+                                  ["kernels", "--head-dims", "32-64"], ["tune", "--head-dims", "1x"],
                                   ["sweep", "--out", "README.md"], ["report", "--out", "tests"]])
 def test_help_and_usage_errors_do_not_import_torch(argv):
     run = run_cli_in_fresh_python(argv)
@@ -247,3 +256,29 @@ def test_readme_main_command_on_cpu(tmp_path):
     for family, resolutions in CPU_GRID.items():
         for resolution in resolutions:
             assert f"\n{family},{family.split('-')[0]}-S/2,S,2,{resolution}," in text, (family, resolution)
+
+
+def test_kernels_smoke_run_on_cpu_writes_gla_and_glue_rows(tmp_path, capsys, one_torch_thread):
+    argv = ["kernels", "--allow-cpu", "--device", "cpu", "--out", str(tmp_path), "--lengths", "16",
+            "--tokens", "16", "--head-dims", "32x64", "24x40", "--heads", "2", "--glue-resolution", "32",
+            "--providers", "ours-torch", "torch-ref"]
+    assert main(argv) == 0
+    from bench.results import load_kernels
+
+    frame = load_kernels(tmp_path / "kernels.csv")
+    ours = frame[(frame["provider"] == "ours-torch") & (frame["metric"] == "time")]
+    assert set(zip(ours["K"], ours["V"], ours["H"])) == {(32, 64, 2), (24, 40, 2)}
+    assert set(frame.loc[frame["op"] != "gla", "provider"]) == {"hbm-floor", "torch-ref"}
+    out = capsys.readouterr().out
+    assert "GLA (B*T fixed), fwd+bwd time (ms)" in out and "glue, fwd time (ms)" in out
+
+
+def test_tune_tunes_each_head_dim_class():
+    from bench.kernel_cli import tuning_shapes
+
+    shapes = tuning_shapes(((32, 64), (64, 64), (128, 128)), {(32, 64): 6, (64, 64): 8, (128, 128): 16})
+    assert [s for s in shapes if s[3:] == (32, 64)] == [(131072 // T, T, 6, 32, 64) for T in
+                                                        (256, 1024, 4096, 9216, 12544, 16384, 65536)]
+    assert [s for s in shapes if s[3:] == (128, 128)] == [(128, 1024, 16, 128, 128), (32, 4096, 16, 128, 128),
+                                                          (8, 16384, 16, 128, 128), (2, 65536, 16, 128, 128)]
+    assert {s[2] for s in shapes if s[3:] == (64, 64)} == {8}

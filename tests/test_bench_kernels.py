@@ -1,24 +1,30 @@
 """Kernel benchmark on CPU with tiny shapes: bytes of the HBM floor, the rows beside each timing,
-errors against the float64 reference (NaN never passes), unavailable and skipped providers."""
+errors against the float64 reference (NaN never passes), unavailable and skipped providers, the
+head-dim classes and their heads, peak memory marked unavailable on CPU."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from bench import kernel_providers
 from bench.csvstore import read as read_rows
-from bench.kernel_bench import KernelRun, KernelSettings
+from bench.csvstore import write as write_rows
+from bench.kernel_bench import NO_PEAK_MEMORY, KernelRun, KernelSettings, record
 from bench.kernel_providers import (
+    Case,
     attention_bytes_per_token_head,
     errors_against_reference,
     gla_bytes_per_token_head,
     make_inputs,
     relative_error,
 )
-from bench.results import load_frame
-from bench.schema import KERNEL_COLUMNS, KERNEL_REQUIRED
-from bench.spec import KERNEL_PROVIDERS
+from bench.results import load_kernels
+from bench.schema import KERNEL_COLUMNS
+from bench.spec import KERNEL_HEADS, KERNEL_PROVIDERS
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_hbm_floor_bytes_match_the_h200_anchor():
@@ -63,17 +69,18 @@ def test_attention_reference_checks_o_and_grads_on_one_head():
 
 def test_cpu_run_writes_timings_with_errors_and_reasons(tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.setattr(kernel_providers, "NAIVE_MAX_T", 32)  # so that T=64 shows the skip
-    settings = KernelSettings(device="cpu", lengths=(32, 64), tokens=128, dtype="fp32",
-                              providers=("ours-torch", "naive", "ours-triton", "sdpa-cudnn"))
+    settings = KernelSettings(device="cpu", lengths=(32, 64), tokens=128, dtype="fp32", head_dims=((32, 64),),
+                              ops=("gla",), providers=("ours-torch", "naive", "ours-triton", "sdpa-cudnn"))
     csv_path = tmp_path / "kernels.csv"
     KernelRun(settings, csv_path).run(progress=lambda line: None)
     assert read_rows(csv_path)[0] == KERNEL_COLUMNS
-    frame = load_frame(csv_path, KERNEL_REQUIRED, "kernels")
+    frame = load_kernels(csv_path)
     ours = frame[(frame["provider"] == "ours-torch") & (frame["mode"] == "fwd+bwd") & (frame["T"] == 64)]
     metrics = dict(zip(ours["metric"], ours["median"]))
-    assert set(metrics) == {"time", "bandwidth", "floor_ratio", "rel_err_o", "rel_err_grads"}
+    assert set(metrics) == {"time", "peak_mem", "bandwidth", "floor_ratio", "rel_err_o", "rel_err_grads"}
     assert metrics["time"] > 0 and metrics["rel_err_o"] < 1e-5 and metrics["rel_err_grads"] < 1e-5
-    assert set(ours["B"]) == {2} and set(ours["unit"]) == {"ms", "GB/s", "x", "rel"}
+    assert set(ours["B"]) == {2} and set(ours["unit"]) == {"ms", "MiB", "GB/s", "x", "rel"}
+    assert set(ours[["op", "H", "K", "V"]].itertuples(index=False, name=None)) == {("gla", 6, 32, 64)}
     bytes_moved = 1216 * 2 * 64 * 6  # fp32 is 4 bytes, not 2: 2432 per token-head
     assert metrics["bandwidth"] == pytest.approx(2 * bytes_moved / (metrics["time"] * 1e-3) / 1e9, rel=1e-9)
 
@@ -88,5 +95,118 @@ def test_cpu_run_writes_timings_with_errors_and_reasons(tmp_path, monkeypatch, o
     assert (frame["provider"] == "hbm-floor").sum() == 4 and (frame["provider"] == "device-copy").sum() == 1
 
 
+def test_peak_memory_is_unavailable_on_cpu_with_its_reason(tmp_path, one_torch_thread):
+    settings = KernelSettings(device="cpu", lengths=(16,), tokens=16, dtype="fp32", head_dims=((32, 64),),
+                              ops=("gla",), providers=("ours-torch",))
+    frame = KernelRun(settings, tmp_path / "kernels.csv").run(progress=lambda line: None)
+    peak = frame[frame["metric"] == "peak_mem"]
+    assert len(peak) == 2 and set(peak["status"]) == {"unavailable"} and set(peak["median"]) == {""}
+    assert set(peak["error"]) == {NO_PEAK_MEMORY} and "CUDA" in NO_PEAK_MEMORY
+    assert set(peak["unit"]) == {"MiB"}
+
+
+def test_every_head_dim_class_gets_its_heads_and_attention_stays_with_dig_s(tmp_path, one_torch_thread):
+    settings = KernelSettings(device="cpu", lengths=(16,), tokens=32, dtype="fp32",
+                              head_dims=((32, 64), (64, 64), (128, 128)), ops=("gla",),
+                              providers=("ours-torch", "sdpa-flash"), modes=("fwd",))
+    frame = load_kernels_of(KernelRun(settings, tmp_path / "kernels.csv"), tmp_path)
+    ours = frame[(frame["provider"] == "ours-torch") & (frame["metric"] == "time")]
+    assert set(ours[["K", "V", "H", "B"]].itertuples(index=False, name=None)) == {
+        (32, 64, 6, 2), (64, 64, 8, 2), (128, 128, 16, 2)}  # KERNEL_HEADS, B*T = 32
+    assert set(ours["status"]) == {"ok"}
+    floors = frame[frame["provider"] == "hbm-floor"].set_index("K")["median"]
+    for K, V, H in ((32, 64, 6), (64, 64, 8), (128, 128, 16)):  # the floor follows the class's bytes
+        assert floors[K] * 1e-3 * copy_bandwidth(frame) * 1e9 == pytest.approx(
+            gla_bytes_per_token_head(K, V, 4, "fwd") * 32 * H, rel=1e-9)
+    attention = frame[frame["provider"] == "sdpa-flash"]
+    assert set(attention[["K", "V", "H"]].itertuples(index=False, name=None)) == {(32, 64, 6)}
+    assert all(ratio < 1e-5 for ratio in frame[frame["metric"] == "rel_err_o"]["median"])
+    assert KERNEL_HEADS == {(32, 64): 6, (64, 64): 8, (128, 128): 16}
+
+
+def test_heads_override_every_class(tmp_path, one_torch_thread):
+    settings = KernelSettings(device="cpu", lengths=(16,), tokens=16, dtype="fp32", head_dims=((24, 40),),
+                              heads=3, ops=("gla",), providers=("ours-torch",), modes=("fwd+bwd",))
+    frame = KernelRun(settings, tmp_path / "kernels.csv").run(progress=lambda line: None)
+    errors = frame[frame["metric"].isin(["rel_err_o", "rel_err_grads"])]
+    assert set(errors["K"]) == {24} and set(errors["H"]) == {3} and set(errors["status"]) == {"ok"}
+    assert all(value < 1e-5 for value in errors["median"])  # fp32 against float64
+
+
+def copy_bandwidth(frame) -> float:
+    return frame.loc[frame["provider"] == "device-copy", "median"].iloc[0]
+
+
+def load_kernels_of(run, tmp_path):
+    run.run(progress=lambda line: None)
+    return load_kernels(tmp_path / "kernels.csv")
+
+
 def test_the_cli_knows_every_provider_without_importing_them():
     assert tuple(provider.name for provider in kernel_providers.PROVIDERS) == KERNEL_PROVIDERS
+
+
+@pytest.mark.gpu
+def test_gpu_peak_memory_of_forward_and_backward(tmp_path):
+    """On CUDA the peak-memory row is a number: fwd+bwd holds at least the four input gradients
+    (q, k, g [B, T, H, 32] and v [.., 64], bf16: 15 MiB here) above the inputs, and more than fwd."""
+    settings = KernelSettings(device="cuda", lengths=(1024,), tokens=8192, head_dims=((32, 64),),
+                              ops=("gla",), providers=("ours-torch",))
+    frame = KernelRun(settings, tmp_path / "kernels.csv").run(progress=lambda line: None)
+    peak = frame[frame["metric"] == "peak_mem"].set_index("mode")
+    assert set(peak["status"]) == {"ok"}
+    grads_mib = 8192 * 6 * (3 * 32 + 64) * 2 / 2**20
+    forward, forward_backward = peak.loc["fwd", "median"], peak.loc["fwd+bwd", "median"]
+    assert forward_backward >= grads_mib and forward_backward > forward > 0
+
+
+OLD_COLUMNS = [c for c in KERNEL_COLUMNS if c not in ("op", "shape")]  # kernels.csv before the glue rows
+
+
+def old_row(provider, T, median, **changes):
+    row = dict.fromkeys(OLD_COLUMNS, "")
+    row.update(provider=provider, impl="x", mode="fwd", T=T, B=128 // T, H=6, K=32, V=64, dtype="fp32",
+               metric="time", unit="ms", median=median, p20=median, p80=median, status="ok", gpu="cpu",
+               host="h", timestamp="2026-11-22T07:58:18+00:00", **changes)
+    return row
+
+
+def test_old_kernel_csvs_read_as_the_dig_s_shape(tmp_path):
+    without_heads = [c for c in OLD_COLUMNS if c not in ("H", "K", "V")]
+    write_rows(tmp_path / "old.csv", without_heads, [old_row("fla", 16, 1.5)])
+    frame = load_kernels(tmp_path / "old.csv")
+    assert frame[["op", "shape", "H", "K", "V"]].iloc[0].tolist() == ["gla", "", 6, 32, 64]
+
+
+def test_new_rows_replace_an_old_files_rows_of_the_same_point(tmp_path):
+    path = tmp_path / "kernels.csv"
+    write_rows(path, OLD_COLUMNS, [old_row("ours-torch", 16, 9.0), old_row("ours-torch", 32, 8.0)])
+    run = KernelRun(KernelSettings(device="cpu", dtype="fp32"), path)
+    new = run.row(Case("gla", 16, 8, 6, 32, 64), "ours-torch", "x", "fwd", "time", "ms", 1.0)
+    record(path, [dict(new, gpu="cpu", cpu="", host="h")])  # the old row's machine
+    frame = load_kernels(path)
+    assert read_rows(path)[0][:len(KERNEL_COLUMNS)] == KERNEL_COLUMNS
+    assert sorted(zip(frame["T"], frame["median"])) == [(16, 1.0), (32, 8.0)]  # T=16 replaced, T=32 kept
+    assert set(frame["op"]) == {"gla"}  # the old row's op is written out, so its key stays the same
+    again = run.row(Case("gla", 32, 4, 6, 32, 64), "ours-torch", "x", "fwd", "time", "ms", 2.0)
+    record(path, [dict(again, gpu="cpu", cpu="", host="h")])  # now into the rewritten file
+    assert sorted(zip(*(load_kernels(path)[c] for c in ("T", "median")))) == [(16, 1.0), (32, 2.0)]
+
+
+def test_the_committed_kernel_csv_still_renders():
+    from bench.kernel_report import kernel_section
+
+    frame = load_kernels(REPO / "reports" / "kernels.csv")
+    section = kernel_section(frame)
+    assert "**GLA K=32, V=64, H=6**" in section and "| ours-triton | fwd+bwd | 65536 |" in section
+    assert set(frame["op"]) == {"gla"}
+
+
+def test_naive_backward_is_skipped_where_its_saved_states_would_not_fit():
+    reason = kernel_providers.PROVIDERS[3].unavailable
+    assert kernel_providers.PROVIDERS[3].name == "naive"
+    big = Case("gla", 1024, 128, 16, 128, 128)  # B*T = 131072: 384 GiB of fp32 states
+    assert reason("cuda", big, "fwd") is None
+    assert reason("cuda", big, "fwd+bwd") == ("skipped: the token loop's backward would keep 384 GiB of fp32 "
+                                              "states (> 64 GiB)")
+    assert reason("cuda", Case("gla", 1024, 128, 8, 64, 64), "fwd+bwd") is None  # 48 GiB

@@ -59,7 +59,8 @@ def fixture_rows():
 def results_dir(tmp_path, one_torch_thread):
     write_rows(tmp_path / "models.csv", MODEL_COLUMNS, fixture_rows())
     settings = KernelSettings(device="cpu", lengths=(32,), tokens=64, dtype="fp32",
-                              providers=("ours-torch", "naive", "sdpa-flash"))
+                              head_dims=((32, 64), (64, 64)), glue_resolution=32,
+                              providers=("ours-torch", "naive", "sdpa-flash", "torch-ref"))
     KernelRun(settings, tmp_path / "kernels.csv").run(progress=lambda line: None)
     return tmp_path
 
@@ -138,6 +139,9 @@ def test_report_command_writes_figures_and_the_claims_table(results_dir, capsys)
     assert "| DiS (reference scan, not the DiS speed) (eager) |" in report
     assert "# DiG efficiency benchmark on NVIDIA H200, host gpu-host" in report
     assert "T=32" in report and "chunk_gla_torch float64" in report  # kernel table and its reference
+    assert "**GLA K=32, V=64, H=6**" in report and "**GLA K=64, V=64, H=8**" in report  # per head-dim class
+    assert "| swiglu_down | DiG-XL/2 32px: N=2 T=4 D=1152 I=3072 H=18 V=64 | torch-ref |" in report
+    assert "| ours-triton | T=32 |" not in report  # not among the providers asked for
     assert "sdpa-flash" in report and "needs a CUDA GPU" in report  # unavailable provider listed with reason
 
 
@@ -234,3 +238,13 @@ def test_a_new_run_shows_the_reference_results_beside_its_own(tmp_path, monkeypa
     monkeypatch.setattr(report, "REFERENCE_DIR", new.parent / "results")  # a report of the references
     assert main(["report", "--out", str(new)]) == 0
     assert "Reference results" not in (new / "REPORT.md").read_text()
+
+
+def test_tuning_section_shows_each_head_dim_class_of_the_committed_tuning_csv():
+    from bench.kernel_report import tuning_section
+
+    section = tuning_section(Path(__file__).resolve().parent.parent / "reports" / "tuning.csv")
+    lines = section.split("```")[1].strip().splitlines()
+    assert lines[0].split()[:3] == ["K", "V", "T"]
+    buckets = (256, 1024, 4096, 16384, 65536)  # the DiG shapes' T buckets, tuned before the head-dim axis
+    assert [line.split()[:3] for line in lines[1:]] == [["32", "64", str(T)] for T in buckets]

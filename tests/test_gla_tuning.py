@@ -1,5 +1,6 @@
 """The per-GPU tuning cache: where it lives, what a lookup returns, and that lookups never tune."""
 
+import dataclasses
 import json
 
 import pytest
@@ -86,10 +87,55 @@ def test_tuning_table_and_summary(cache_file, fake_gpu):
     assert len(table) == 4 and table["chosen"].sum() == 1
     assert table.loc[table["chosen"], "chunk_size"].item() == 16
     summary = tuning.tuning_summary(table)
-    assert "T4096-K32-V64-bfloat16" in summary and "C16" in summary and "1.160" in summary
+    assert summary.splitlines()[1].split()[:3] == ["32", "64", "4096"]  # K, V, T bucket
+    assert "C16" in summary and "1.160" in summary
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
 def test_tuning_needs_a_gpu():
     with pytest.raises(RuntimeError, match="CUDA GPU"):
         tuning.tune()
+
+
+def test_a_candidate_that_does_not_run_is_recorded_and_skipped(cache_file, fake_gpu, monkeypatch):
+    """K = V = 128: a config that needs more shared memory than the GPU has fails to compile; the
+    tuner records its error, keeps timing the others and chooses among those that ran."""
+    def time_config(inputs, cfg):
+        if cfg.chunk_size == 128:
+            raise RuntimeError("OutOfResources: shared memory, Required: 262144, Hardware limit: 232448")
+        return 1.0 + cfg.chunk_size / 100 + cfg.chunk_warps / 1000
+
+    monkeypatch.setattr(tuning, "time_config", time_config)
+    monkeypatch.setattr(tuning, "random_inputs", lambda *shape: None)
+    rows = tuning.tune(shapes=[(2, 65536, 16, 128, 128), (128, 1024, 6, 32, 64)], dtype=torch.bfloat16)
+    assert [row["key"] for row in rows] == ["T65536-K128-V128-bfloat16", "T1024-K32-V64-bfloat16"]
+    entry = tuning.load_cache()["Test GPU | triton x"]["T65536-K128-V128-bfloat16"]
+    assert entry["config"]["chunk_size"] == 16 and entry["default_ms"] is None  # the default is chunk 128
+    failed = [cand for cand in entry["table"] if cand["ms"] is None]
+    assert failed and all("OutOfResources" in cand["error"] for cand in failed)
+    table = tuning.tuning_table(torch.bfloat16)
+    assert set(zip(table["K"], table["V"])) == {(128, 128), (32, 64)}
+    summary = tuning.tuning_summary(table).splitlines()
+    assert summary[0].split()[:3] == ["K", "V", "T"]
+    assert summary[1].split()[:3] == ["32", "64", "1024"]
+    assert summary[2].split()[:3] == ["128", "128", "65536"]
+    assert summary[2].split()[6] == "-"  # no chunk-128 candidate ran
+
+
+def test_no_candidate_running_leaves_the_shape_untuned(cache_file, fake_gpu, monkeypatch):
+    def time_config(inputs, cfg):
+        raise RuntimeError("OutOfResources")
+
+    monkeypatch.setattr(tuning, "time_config", time_config)
+    monkeypatch.setattr(tuning, "random_inputs", lambda *shape: None)
+    lines = []
+    assert tuning.tune(shapes=[(2, 65536, 16, 128, 128)], progress=lines.append) == []
+    assert "not tuned: no launch config runs" in lines[-1]
+    assert tuning.get_config(65536, 128, 128, torch.bfloat16) == DEFAULT_CONFIG
+
+
+def test_a_forced_chunk_size_keeps_every_other_tuned_field(cache_file, fake_gpu):
+    tuned = GLAConfig(chunk_size=32, state_block_v=16, state_warps=2, chunk_warps=2, num_stages=2)
+    tuning.save_cache({"Test GPU | triton x": {tuning.shape_key(4096, 64, 64, torch.bfloat16): entry(tuned)}})
+    forced = tuning.get_config(4096, 64, 64, torch.bfloat16, chunk_size=64)
+    assert forced == dataclasses.replace(tuned, chunk_size=64)

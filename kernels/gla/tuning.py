@@ -1,7 +1,8 @@
 """Per-GPU tuning of the chunked GLA launch configuration, persisted in a JSON cache.
 
 The cache file maps "<GPU name> | triton <version>" -> shape key -> best config and the timing
-table it was chosen from. Shape key: T bucket (next power of two), K, V, dtype. Location:
+table it was chosen from. Shape key: T bucket (next power of two), K, V, dtype: each head-dim class
+(K, V) has its own configs (``python bench.py tune --head-dims 32x64 64x64 128x128``). Location:
 $GLA_TUNING_CACHE if set, else $XDG_CACHE_HOME (or ~/.cache)/gla-diffusion/tuning.json.
 Lookups never tune: ``tune()`` (``python bench.py tune``) writes the cache, later runs read it.
 """
@@ -83,7 +84,7 @@ def get_config(T, K, V, dtype, chunk_size=None, tune_allowed=True) -> GLAConfig:
             _memory_cache[key] = GLAConfig(**entry["config"]) if entry else None
         cfg = _memory_cache[key] or cfg
     if chunk_size is not None and chunk_size != cfg.chunk_size:
-        cfg = dataclasses.replace(cfg, chunk_size=chunk_size)
+        cfg = dataclasses.replace(cfg, chunk_size=chunk_size)  # every other field as tuned
     return cfg
 
 
@@ -117,21 +118,36 @@ def random_inputs(B, T, H, K, V, dtype):
     return q, k, v, g, do
 
 
+def time_or_error(inputs, cfg: GLAConfig) -> tuple[float | None, str]:
+    """(ms, "") of time_config, or (None, the error in one line) for a config that does not compile
+    or launch at this shape (e.g. more shared memory than the GPU has, at K = V = 128 and chunk 128)."""
+    try:
+        return time_config(inputs, cfg), ""
+    except Exception as error:  # noqa: BLE001 -- recorded in the table; the other candidates still run
+        return None, " ".join(f"{type(error).__name__}: {error}".split())[:300]
+
+
 def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
-    """Two stages: chunk size x chunk warps, then the state-pass split. Returns the cache entry."""
+    """Two stages: chunk size x chunk warps, then the state-pass split. Returns the cache entry;
+    RuntimeError if no candidate runs at this shape. Candidates that fail have ms None and their
+    error in the table."""
     inputs = random_inputs(B, T, H, K, V, dtype)
     table = []
     best = None
     for stage in (chunk_candidates, state_candidates):
         base = best[0] if best else DEFAULT_CONFIG
         for cfg in stage(base):
-            ms = time_config(inputs, cfg)
-            table.append({**cfg.as_dict(), "ms": round(ms, 4)})
-            progress(f"  T={T} {cfg} -> {ms:.3f} ms")
-            if best is None or ms < best[1]:
+            ms, error = time_or_error(inputs, cfg)
+            table.append({**dataclasses.asdict(cfg), "ms": None if ms is None else round(ms, 4),
+                          **({"error": error} if error else {})})
+            progress(f"  T={T} K={K} V={V} {cfg} -> " + (f"{ms:.3f} ms" if ms is not None else error))
+            if ms is not None and (best is None or ms < best[1]):
                 best = (cfg, ms)
-    default_ms = time_config(inputs, DEFAULT_CONFIG)
-    return {"config": best[0].as_dict(), "ms": round(best[1], 4), "default_ms": round(default_ms, 4),
+    if best is None:
+        raise RuntimeError(f"no launch config runs at B={B} T={T} H={H} K={K} V={V}: {table[0]['error']}")
+    default_ms, _ = time_or_error(inputs, DEFAULT_CONFIG)
+    return {"config": dataclasses.asdict(best[0]), "ms": round(best[1], 4),
+            "default_ms": None if default_ms is None else round(default_ms, 4),
             "shape": [B, T, H, K, V], "table": table}
 
 
@@ -152,8 +168,12 @@ def tune(shapes=None, dtype=torch.bfloat16, force=False, progress=print) -> list
         if key not in entries or (force and key not in tuned_now):  # 9216 and 16384 share a bucket
             tuned_now.add(key)
             progress(f"tuning {key} (B={B}, H={H}) on {dev}")
-            entries[key] = tune_shape(B, T, H, K, V, dtype, progress)
-            save_cache(cache)
+            try:
+                entries[key] = tune_shape(B, T, H, K, V, dtype, progress)
+            except RuntimeError as error:  # the other shapes are still tuned; this one keeps the default
+                progress(f"not tuned: {error}")
+                continue
+            save_cache(cache)  # after each shape: an interrupted run keeps what it tuned
         e = entries[key]
         rows.append({"key": key, "T": T, **e["config"], "ms": e["ms"], "default_ms": e["default_ms"]})
     _memory_cache.clear()
@@ -169,30 +189,42 @@ def tuning_table(dtype=torch.bfloat16):
         if not key.endswith(str(dtype).replace("torch.", "")):
             continue
         for cand in entry["table"]:
-            config = {name: cand[name] for name in GLAConfig().as_dict()}
-            rows.append({"gpu": device_key(), "shape_key": key, "B,T,H,K,V": entry["shape"], **cand,
-                         "chosen": config == entry["config"],
+            config = {name: cand[name] for name in dataclasses.asdict(DEFAULT_CONFIG) if name in cand}
+            rows.append({"gpu": device_key(), "shape_key": key, **parse_shape_key(key),
+                         "B,T,H,K,V": entry["shape"], **cand, "chosen": config == entry["config"],
                          "default": GLAConfig(**config) == DEFAULT_CONFIG})
     return pd.DataFrame(rows)
 
 
 def tuning_summary(table) -> str:
-    """Per shape: best ms for each chunk size, the chosen config and the default config's ms."""
+    """Per head-dim class (K, V) and T bucket: best ms for each chunk size, the chosen config and the
+    default config's ms ("-" where no candidate of a chunk size ran). Takes tuning_table()'s frame or
+    a tuning.csv read back (older ones lack the K, V, T columns: they come from the shape key)."""
     header = " ".join(f"chunk {c:>3}" for c in CHUNK_SIZES)
-    lines = [f"{'shape':<24} {header}   chosen config -> ms   default when tuned -> ms"]
-    for key, rows in sorted(table.groupby("shape_key", sort=False), key=lambda item: shape_length(item[0])):
+    lines = [f"{'K':>4} {'V':>4} {'T':>6} {header}   chosen config -> ms   default when tuned -> ms"]
+    groups = sorted(table.groupby("shape_key", sort=False), key=lambda item: shape_order(item[0]))
+    for key, rows in groups:
+        shape = parse_shape_key(key)
         best = [rows[rows.chunk_size == c].ms.min() for c in CHUNK_SIZES]
         chosen = rows[rows.chosen].iloc[0]
         default_ms = rows[rows.default].ms.min() if rows.default.any() else float("nan")
-        lines.append(f"{key:<24} " + " ".join(f"{b:9.3f}" for b in best)
+        lines.append(f"{shape['K']:>4} {shape['V']:>4} {shape['T']:>6} "
+                     + " ".join(f"{b:9.3f}" if b == b else f"{'-':>9}" for b in best)
                      + f"   C{chosen.chunk_size} bv{chosen.state_block_v} sw{chosen.state_warps}"
                        f" cw{chosen.chunk_warps} st{chosen.num_stages} -> {chosen.ms:.3f}   {default_ms:.3f}")
     return "\n".join(lines)
 
 
-def shape_length(key: str) -> int:
-    """The T bucket of a shape key ("T4096-K32-V64-bfloat16" -> 4096), for sorting."""
-    return int(key[1:].split("-")[0])
+def parse_shape_key(key: str) -> dict:
+    """{"T", "K", "V", "dtype"} of a shape key: "T4096-K32-V64-bfloat16" -> T 4096, K 32, V 64."""
+    T, K, V, dtype = key.split("-")
+    return {"T": int(T[1:]), "K": int(K[1:]), "V": int(V[1:]), "dtype": dtype}
+
+
+def shape_order(key: str) -> tuple:
+    """Sort key of a shape key: head-dim class, then T bucket."""
+    shape = parse_shape_key(key)
+    return shape["K"], shape["V"], shape["T"]
 
 
 __all__ = ["CHUNK_SIZES", "cache_path", "get_config", "launch_config", "tune", "DIG_TUNING_SHAPES"]
