@@ -5,15 +5,18 @@
 #
 # SECONDS: wall time this call may use (the sweeps start no new point after it, less a margin for
 # the point in flight). Phases, run in the order given:
-#   builds    start the flash-attn, causal-conv1d and mamba-ssm builds in the background (one
-#             after the other, flash-attn first and alone, so its build time is its own; logs and
-#             a .ok marker each in .build/); later calls pick up what finished
+#   builds    start the baseline builds named in $BUILDS (default "flash_attn causal_conv1d mamba") in the
+#             background, one after the other (flash-attn first and alone, so its build time is its own;
+#             logs and a .ok marker each in .build/); later calls pick up what finished
 #   tests     the GPU tests (-m gpu) and the kernel tests that run on CUDA when there is no interpreter
 #   tests2    the GPU tests of the built baselines (flash-attn's DiT, DiS on mamba's fused path)
 #   profile   GPU time per kernel category, DiG-reference (before) vs DiG (after), S/2 2048 b4 and XL/2 2048 b2
-#   bar       the issues' points: S/2 b4 at 256, 512, 2048 px and XL/2 b2 at 2048 px, DiG and DiT-cuDNN, then
-#             Flash-DiT at S/2 256 and 2048 px, each in eager, compile and graph
-#   more      S/2 1024 px, DiG-reference and DiG-fla eager, the rest of Fig. 2 in eager
+#   bar       the issues' points, most important first: XL/2 b2 and S/2 b4 at 2048 px, S/2 at 512, Flash-DiT
+#             at S/2 256 and 2048, S/2 at 256 and 1024; DiG in eager and graph (its compile rows are
+#             slower than graph and take a minute each: phase compile), DiT-cuDNN and Flash-DiT in all three
+#   compile   DiG's torch.compile rows at S/2 256 and 2048 px
+#   kernels   the kernel benchmark (GLA at three head-dim classes, the fused glue) and the GLA tuning
+#   more      DiG-reference and DiG-fla eager, the rest of Fig. 2 in eager
 # Results: .results/h200/ (kept while the machine stays warm), copied to $OUT at the end of every call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,18 +45,18 @@ python_path() {
 phase_builds() {
     if [ -f .build/builds.started ]; then echo "builds already started"; return; fi
     touch .build/builds.started
-    setsid nohup bash -c '
-        for name in flash_attn causal_conv1d mamba; do
+    BUILDS=${BUILDS:-flash_attn causal_conv1d mamba} setsid nohup bash -c '
+        for name in $BUILDS; do
             start=$(date +%s)
-            MAX_JOBS=16 bash scripts/build_$name.sh > .build/$name.log 2>&1 && touch .build/$name.ok
+            MAX_JOBS=${MAX_JOBS:-16} bash scripts/build_$name.sh > .build/$name.log 2>&1 && touch .build/$name.ok
             echo "$name: exit $? after $(( $(date +%s) - start )) s" >> .build/builds.log
         done' > /dev/null 2>&1 &
-    echo "builds started in the background"
+    echo "builds started in the background: ${BUILDS:-flash_attn causal_conv1d mamba}"
 }
 
 phase_tests() {
     timeout $(( $(left) - 30 )) python3 -m pytest -q -rs -m gpu -p no:cacheprovider 2>&1 | tail -40
-    timeout $(( $(left) - 30 )) python3 -m pytest -q -rs -p no:cacheprovider tests/test_gla_scan_order.py \
+    timeout $(( $(left) - 30 )) python3 -m pytest -q -rs -p no:cacheprovider tests/test_gla_scan_order.py tests/test_gla_state_scan.py \
         tests/test_glue_kernels.py tests/test_gla_layer.py tests/test_norm_gate.py tests/test_gla_triton.py 2>&1 | tail -15
 }
 
@@ -62,11 +65,12 @@ phase_tests2() {
         tests/test_dis_gpu.py "tests/test_models_gpu.py::test_every_backend_trains" 2>&1 | tail -25
 }
 
-sweep() {  # sweep ARGS...: one bench.py sweep into $RESULTS within the time left
-    local budget=$(( $(left) - 200 ))
+sweep() {  # sweep ARGS...: one bench.py sweep into $RESULTS within the time left, then a copy to $OUT
+    local budget=$(( $(left) - 150 ))
     if [ "$budget" -le 0 ]; then echo "no time left for: $*"; return; fi
-    python3 bench.py sweep --out "$RESULTS" --time-budget "$budget" --timeout 300 --no-progress "$@" 2>&1 \
+    python3 bench.py sweep --out "$RESULTS" --time-budget "$budget" --timeout 200 --no-progress "$@" 2>&1 \
         | grep -v "running for"
+    cp "$RESULTS"/*.csv "$OUT"/ 2>/dev/null  # a call stopped at its limit still returns what it measured
 }
 
 phase_profile() {
@@ -79,13 +83,24 @@ phase_profile() {
 }
 
 phase_bar() {
-    sweep --models DiG DiT-cuDNN --sizes S --resolutions 256 2048 512 --batch 4 --exec eager graph compile
-    sweep --models DiG DiT-cuDNN --sizes XL --resolutions 2048 --batch 2 --exec eager graph compile
+    sweep --models DiG --sizes XL --resolutions 2048 --batch 2 --exec graph eager
+    sweep --models DiT-cuDNN --sizes XL --resolutions 2048 --batch 2 --exec compile eager graph
+    sweep --models DiG --sizes S --resolutions 2048 512 --batch 4 --exec graph eager
+    sweep --models DiT-cuDNN --sizes S --resolutions 2048 512 --batch 4 --exec compile eager graph
     sweep --models Flash-DiT --sizes S --resolutions 256 2048 --batch 4 --exec eager graph compile
+    sweep --models DiG --sizes S --resolutions 256 1024 --batch 4 --exec graph eager
+    sweep --models DiT-cuDNN --sizes S --resolutions 256 1024 --batch 4 --exec compile eager graph
+}
+
+phase_compile() {
+    sweep --models DiG --sizes S --resolutions 256 2048 --batch 4 --exec compile
+}
+
+phase_kernels() {
+    timeout $(( $(left) - 60 )) python3 bench.py kernels --out "$RESULTS" 2>&1 | tail -30
 }
 
 phase_more() {
-    sweep --models DiG DiT-cuDNN --sizes S --resolutions 1024 --batch 4 --exec eager graph compile
     sweep --models DiG-reference DiG-fla --sizes S --resolutions 256 2048 --batch 4 --exec eager
     sweep --models DiG-reference --sizes XL --resolutions 2048 --batch 2 --exec eager
     sweep --models DiG DiT-cuDNN Flash-DiT DiT DiS --sizes S --resolutions 768 1280 1536 1792 --batch 4 --exec eager
