@@ -123,14 +123,18 @@ if stock != [STOCK_HEAD_DIMS]:
     die(f"{switch_h} has changed: HEADDIM_SWITCH dispatches {stock}, expected {[STOCK_HEAD_DIMS]}.")
 served = {d: (STOCK_HEAD_DIMS[i - 1] if i else 0, d) for i, d in enumerate(STOCK_HEAD_DIMS) if d in head_dims}
 ranges = ", ".join(f"{low + 1}-{high}" for low, high in served.values())
+# Every refusal message is one string literal: on the H200 a refusal that appended the head dim (a
+# runtime value, so TORCH_CHECK built a std::string for torch's c10::detail::torchCheckFail) crashed
+# the process with a segfault, at the switch and at the entry alike, while the causal refusal (a
+# literal, the const char* overload) raised cleanly; the std::string overload looks like a C++ ABI
+# mismatch between this extension and the torch it runs with.
+headdim_message = unbuilt(f"has kernels for head dims {ranges} only; rebuild it with FLASH_ATTN_HEAD_DIMS "
+                          "naming the kernel for your head dim (32 64 96 128 192 256: the smallest one >= it)")
 body = ["  [&] {"]
 for n, (d, (low, high)) in enumerate(served.items()):
     body += [f"    {'} else if' if n else 'if'} (HEADDIM > {low} && HEADDIM <= {high}) {{",
              f"      constexpr static int kHeadDim = {d};", "      return __VA_ARGS__();"]
-body += ["    } else {",
-         f"      TORCH_CHECK(false, {unbuilt(f'has kernels for head dims {ranges} only, got ')}, HEADDIM, "
-         f'"; rebuild it with FLASH_ATTN_HEAD_DIMS naming the kernel for it (32 64 96 128 192 256: the '
-         f'smallest one >= the head dim)");', "    }", "  }()"]
+body += ["    } else {", f"      TORCH_CHECK(false, {headdim_message});", "    }", "  }()"]
 patch(switch_h, headdim_switch, macro("#define HEADDIM_SWITCH(HEADDIM, ...)", body))
 
 # FP16_SWITCH(COND, ...) takes the fp16 branch when COND holds; with one dtype built, the other raises
@@ -152,14 +156,11 @@ with open(os.path.join(SRC, switch_h), "a") as f:
     f.write("\n// build_flash_attn.sh: only the non-causal kernels were compiled\n" + causal_switch)
 patch("csrc/flash_attn/flash_api.cpp", "BOOL_SWITCH(params.is_causal, Is_causal, [&] {",
       "CAUSAL_SWITCH(params.is_causal, Is_causal, [&] {", count=2)
-# Refuse an unbuilt head dim at the entry of each forward and backward, before any allocation or
-# kernel-parameter setup: on the H200 the refusal inside HEADDIM_SWITCH alone (head dim 32, 16 tokens)
-# crashed the process with a segfault instead of raising, while the causal refusal raised cleanly.
+# Refuse an unbuilt head dim at the entry of each forward and backward too, before any allocation
 served_condition = " || ".join(f"(head_size > {low} && head_size <= {high})" for low, high in served.values())
 for direction in ("forward", "backward"):
     limit = f'TORCH_CHECK(head_size <= 256, "FlashAttention {direction} only supports head dimension at most 256");'
-    refusal = (f"TORCH_CHECK({served_condition}, "
-               f"{unbuilt(f'has kernels for head dims {ranges} only, got ')}, head_size);")
+    refusal = f"TORCH_CHECK({served_condition}, {headdim_message});"
     patch("csrc/flash_attn/flash_api.cpp", limit, f"{limit}\n    {refusal}", count=2)
 print(f"{SCRIPT}: patched for head dims {' '.join(map(str, head_dims))} (serving {ranges}), "
       f"{' '.join(dtypes)}, non-causal: {len(kept)} kernel files")

@@ -14,7 +14,7 @@ from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_local_stat
 from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
 from .config import GLAConfig, dot_precision
 from .scan_order import grid_side, scan_flags
-from .state_scan import chunk_state_scan_kernel
+from .state_scan import MAX_GROUP, chunk_state_scan_kernel
 
 SUB_CHUNK = 16  # tl.dot needs >= 16 rows; the [16, 16, K] intra-chunk decay tensor stays in registers
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -47,15 +47,23 @@ class Launch:
         self.grid = (self.NT, self.B * self.H)
 
 
+def scan_tiles(NT: int, K: int, V: int, cfg: GLAConfig) -> tuple:
+    """(chunks per group, K rows, V columns) of one state-scan program: groups of up to MAX_GROUP
+    chunks, and a K tile that widens as the group shrinks so a program keeps ~128 group x K rows."""
+    BK, BV = block_sizes(K, V)
+    group = min(MAX_GROUP, triton.next_power_of_2(NT))
+    return group, min(BK, cfg.state_block_k * (MAX_GROUP // group)), min(cfg.state_block_v, BV)
+
+
 def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
     """In-place scan of the chunk contributions in x [B*H, NT+1, K, V] (see the kernel), one program
-    per [state_block_k, state_block_v] tile of the state."""
+    per K x V tile of the state (scan_tiles)."""
     BH, NT1, K, V = x.shape
-    BK, BV = block_sizes(K, V)
-    scan_bk, scan_bv = min(cfg.state_block_k, BK), min(cfg.state_block_v, BV)
+    group, scan_bk, scan_bv = scan_tiles(NT1 - 1, K, V, cfg)
     grid = (triton.cdiv(K, scan_bk) * triton.cdiv(V, scan_bv), BH)
-    chunk_state_scan_kernel[grid](x, gl, x0, NT1 - 1, K=K, V=V, BK=scan_bk, BV=scan_bv, USE_X0=x0 is not None,
-                                  BACKWARD=backward, num_warps=cfg.state_warps, num_stages=cfg.num_stages)
+    chunk_state_scan_kernel[grid](x, gl, x0, NT1 - 1, K=K, V=V, BK=scan_bk, BV=scan_bv, GROUP=group,
+                                  USE_X0=x0 is not None, BACKWARD=backward, num_warps=cfg.state_warps,
+                                  num_stages=cfg.num_stages)
 
 
 def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):

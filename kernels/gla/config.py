@@ -16,8 +16,9 @@ class GLAConfig:
     state_warps: int = 4  # warps of the sequential state scans
     chunk_warps: int = 4  # warps of the chunk-parallel kernels (8 was 1.7x slower on the H200)
     num_stages: int = 3  # loop pipelining depth; `bench.py tune` chose 3 at every DiG shape (5% over 2)
-    # K rows per program of the state scans: 8 gives K/8 * V/32 = 8 programs per (batch, head) at K=32,
-    # V=64 (DiG-XL/2 at 2048 px: 288 programs on 132 SMs instead of 72)
+    # K rows per program of the state scans over 16 or more chunks (wider for fewer: chunk.scan_tiles):
+    # 8 gives K/8 * V/32 = 8 programs per (batch, head) at K=32, V=64 (DiG-XL/2 at 2048 px: 288 on 132
+    # SMs instead of 72)
     state_block_k: int = 8
 
     def as_dict(self) -> dict:

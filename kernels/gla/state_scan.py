@@ -2,19 +2,24 @@
 
 The recurrence s_c = a_c * s_{c-1} + u_c (per state element; a_c = exp(gate sum of chunk c) <= 1 per K
 row) is associative: applying (a1, u1) and then (a2, u2) is (a1 a2, a2 u1 + u2). So each program
-loads SCAN_CHUNKS chunks' [BK, BV] contributions at once, scans them with tl.associative_scan (a tree,
+loads GROUP chunks' [BK, BV] contributions at once, scans them with tl.associative_scan (a tree,
 log2(16) = 4 dependent steps) and carries one state to the next group, instead of a chain of NT
-dependent load-multiply-add-store steps. On the H200 the chain took ~0.9 us per chunk (114 us per
-call, 128 chunks, DiG-XL/2 at 2048 px), latency-bound with only B*H*V/32 = 72 programs. The products
-of decays stay <= 1, so no gate can overflow them.
+dependent load-multiply-add-store steps. The products of decays stay <= 1, so no gate can overflow.
+
+Measured on the H200 (bf16, K=32, V=64, forward + backward = both scans per call): 0.219 -> 0.084 ms
+at B=4, T=16384, H=6 and 0.227 -> 0.118 ms at B=2, H=18 (DiG-XL/2 at 2048 px), where the chain took
+~0.9 us per chunk in only B*H*V/32 = 72 programs. With groups of 16 and 8 K rows per program at
+every length, T=256 (2 chunks, B=512) went 0.070 -> 0.803 ms: 14 of 16 group slots masked in 4x the
+programs. So the launcher sizes the group to the chunk count and widens the K tile as the group
+shrinks (``scan_tiles``), which at 2 chunks is the old kernel's [32, 32] tile again.
 """
 
 import triton
 import triton.language as tl
 
-# Chunks per scanned group: [16, BK, BV] tiles (16 x 8 x 32 fp32 = 32 values per thread at 4 warps,
-# ~5 such tensors live).
-SCAN_CHUNKS = tl.constexpr(16)
+# At most 16 chunks per scanned group: [16, 8, 32] fp32 tiles are 32 values per thread at 4 warps, with
+# ~5 such tensors live; the launcher keeps GROUP * BK near 16 * 8 for shorter sequences.
+MAX_GROUP = 16
 
 
 @triton.jit
@@ -27,7 +32,7 @@ def _then(a1, u1, a2, u2):
 def chunk_state_scan_kernel(
     x, gl, x0, NT,
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_X0: tl.constexpr, BACKWARD: tl.constexpr,
+    GROUP: tl.constexpr, USE_X0: tl.constexpr, BACKWARD: tl.constexpr,
 ):
     """Scan over chunks of x [B*H, NT+1, K, V] (fp32), in place, per [BK, BV] tile of (K, V).
 
@@ -41,7 +46,7 @@ def chunk_state_scan_kernel(
     n_v = tl.cdiv(V, BV)
     o_k = (i_kv // n_v) * BK + tl.arange(0, BK)
     o_v = (i_kv % n_v) * BV + tl.arange(0, BV)
-    o_g = tl.arange(0, SCAN_CHUNKS)
+    o_g = tl.arange(0, GROUP)
     m_kv = (o_k < K)[:, None] & (o_v < V)[None, :]
     o_kv = o_k[:, None] * V + o_v[None, :]
     p_x = x + i_bh.to(tl.int64) * (NT + 1) * K * V
@@ -50,23 +55,23 @@ def chunk_state_scan_kernel(
     if USE_X0:
         b_s = tl.load(x0 + i_bh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
     tl.store(p_x + (NT * K * V if BACKWARD else 0) + o_kv, b_s, mask=m_kv)
-    n_groups = tl.cdiv(NT, SCAN_CHUNKS)
+    n_groups = tl.cdiv(NT, GROUP)
     for i_r in range(n_groups):
         i_grp = n_groups - 1 - i_r if BACKWARD else i_r
-        o_c = i_grp * SCAN_CHUNKS + o_g  # chunk numbers of this group
+        o_c = i_grp * GROUP + o_g  # chunk numbers of this group
         m_c = o_c < NT
         # chunk c's contribution sits in slot c (backward) or c + 1 (forward), and so does its result
         slot = (o_c if BACKWARD else o_c + 1).to(tl.int64)
         p_u = p_x + slot[:, None, None] * K * V + o_kv[None, :, :]
         m_u = m_c[:, None, None] & m_kv[None, :, :]
-        b_u = tl.load(p_u, mask=m_u, other=0.0)  # [SCAN_CHUNKS, BK, BV]
+        b_u = tl.load(p_u, mask=m_u, other=0.0)  # [GROUP, BK, BV]
         p_a = p_gl + o_c[:, None] * K + o_k[None, :]
         b_a = tl.exp(tl.load(p_a, mask=m_c[:, None] & (o_k < K)[None, :], other=0.0))  # 1 outside: identity
-        b_a = tl.broadcast_to(b_a[:, :, None], (SCAN_CHUNKS, BK, BV))
+        b_a = tl.broadcast_to(b_a[:, :, None], (GROUP, BK, BV))
         b_A, b_U = tl.associative_scan((b_a, b_u), axis=0, combine_fn=_then, reverse=BACKWARD)
         b_out = b_A * b_s[None, :, :] + b_U
         tl.store(p_u, b_out, mask=m_u)
         # the state handed to the next group: the last chunk's (forward) or the first one's (backward)
-        last = tl.minimum(NT - i_grp * SCAN_CHUNKS, SCAN_CHUNKS) - 1
+        last = tl.minimum(NT - i_grp * GROUP, GROUP) - 1
         handed = 0 if BACKWARD else last
         b_s = tl.sum(tl.where((o_g == handed)[:, None, None], b_out, 0.0), axis=0)
