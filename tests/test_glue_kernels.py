@@ -10,6 +10,8 @@ sizes reach every path of the kernels' loops: several token tiles per program, a
 groups of unequal length, several row groups, strips and channel blocks of the conv's grid.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -190,28 +192,40 @@ def test_oriented_taps_equal_the_conv_of_the_reordered_grid(scan_order):
     assert torch.allclose(on_raster.index_select(1, index), in_scan_order, rtol=1e-12, atol=1e-12)
 
 
+def conv2d_on_contiguous_grid(x, taps, bias):
+    """depthwise_conv3x3_ref with the [N, D, e, e] grid copied to NCHW-contiguous memory (the twin passes
+    a channels-last view); float64."""
+    N, T, D = x.shape
+    side = math.isqrt(T)
+    grid = x.view(N, side, side, D).permute(0, 3, 1, 2).contiguous()
+    out = torch.nn.functional.conv2d(grid, taps.unsqueeze(1), bias, padding=1, groups=D)
+    return out.permute(0, 2, 3, 1).reshape(N, T, D)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_conv_gradients_on_cuda_against_the_cpu_reference():
     """Which side is wrong: on the H200 (2026-12-02) our dwconv's dtaps on CUDA differed from the CUDA
-    float64 conv2d twin by 0.58 relative (sqrt(3/9) = 0.577 is one of the three tap rows missing) for
+    float64 conv2d twin by 0.58 relative (sqrt(3/9) = 0.577 is three of the nine taps missing) for
     two different wgrad kernels, while both match the CPU float64 twin under the interpreter and
-    PyTorch's bf16 cuDNN conv agreed with its float64 one. Here the float64 twin runs on the CPU and on
-    CUDA: the first assertion checks PyTorch's CUDA conv against its CPU conv, the second ours; each
-    error is given per tap row."""
+    PyTorch's fp32 cuDNN conv agreed with its float64 one. Here the float64 references run on the CPU,
+    on CUDA through the twin (a channels-last view) and on CUDA from an NCHW-contiguous copy; the
+    assertions check the twin on CUDA and ours against the CPU, each message giving every error per
+    tap row."""
     N, side, D = 2, 12, 70
     x, taps, bias = (t.cuda() for t in (draw(N, side * side, D), draw(D, 3, 3, seed=1), draw(D, seed=2)))
     dy = draw(N, side * side, D, seed=3).cuda()
-    ours = grads_of(lambda *a: depthwise_conv3x3(*a), [x, taps, bias], dy)
     cpu = grads_of(depthwise_conv3x3_ref, [t.double().cpu() for t in (x, taps, bias)], dy.double().cpu())
-    cuda = grads_of(depthwise_conv3x3_ref, [t.double() for t in (x, taps, bias)], dy.double())
-
-    def by_tap_row(dtaps):
-        return [f"{rel_err(dtaps[:, i].cpu(), cpu[2][:, i]):.1e}" for i in range(3)]
-    assert_close_rel(f"CUDA conv2d dtaps (rows {by_tap_row(cuda[2])})", cuda[2].cpu(), cpu[2], 1e-12)
+    cuda64 = [t.double() for t in (x, taps, bias)]
+    runs = {"ours": grads_of(lambda *a: depthwise_conv3x3(*a), [x, taps, bias], dy),
+            "CUDA twin": grads_of(depthwise_conv3x3_ref, cuda64, dy.double()),
+            "CUDA NCHW": grads_of(conv2d_on_contiguous_grid, cuda64, dy.double())}
+    rows = "; ".join(f"{name} dtaps rows " + " ".join(f"{rel_err(got[2][:, i].cpu(), cpu[2][:, i]):.1e}"
+                                                          for i in range(3)) for name, got in runs.items())
+    assert_close_rel(f"CUDA twin dtaps ({rows})", runs["CUDA twin"][2].cpu(), cpu[2], 1e-12)
     for index, name in enumerate(("out", "dx", "dtaps", "dbias")):
-        rows = f" (rows {by_tap_row(ours[2])})" if name == "dtaps" else ""
-        assert_close_rel(f"ours {name}{rows}", ours[index].cpu(), cpu[index], TOLERANCE[torch.float32])
+        got = runs["ours"][index].cpu()
+        assert_close_rel(f"ours {name} ({rows})", got, cpu[index], TOLERANCE[torch.float32])
 
 
 def test_bad_shapes_are_refused():
