@@ -34,6 +34,14 @@ def row_tile(width: int, max_rows: int = 32, max_elements: int = MAX_TILE_ELEMEN
     return max(1, min(max_rows, max_elements // block)), block
 
 
+def token_rows_launch(x) -> tuple[tuple, dict]:
+    """(grid (row tiles per image, N), meta-parameters ROWS, BLOCK_D, num_warps) of a row-wise kernel
+    over the tokens of x [N, T, D], one program per row tile of one image."""
+    N, T, D = x.shape
+    rows, block_d = row_tile(D)
+    return (triton.cdiv(T, rows), N), dict(ROWS=rows, BLOCK_D=block_d, num_warps=4)
+
+
 @dataclass(frozen=True)
 class TokenSplit:
     """How a kernel that also sums over tokens shares them out among its programs.

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import TokenSplit, check_triton_device, row_tile, split_tiles
+from kernels import TokenSplit, check_triton_device, split_tiles, token_rows_launch
 from kernels.partial_sums import sum_partials
 
 # Backward: tiles of BWD_CHANNELS channels (no row-wide statistic, so D=384 and 1152 split into 3 and
@@ -72,12 +72,6 @@ def gated_residual_bwd_kernel(dout_ptr, gate_ptr, y_ptr, dy_ptr, partial_ptr, T,
     tl.store(p_partial, tl.sum(b_dgate, axis=0), mask=cols < D)
 
 
-def _launch(x):
-    N, T, D = x.shape
-    rows, block_d = row_tile(D)
-    return (triton.cdiv(T, rows), N), dict(ROWS=rows, BLOCK_D=block_d, num_warps=4)
-
-
 def _bwd_launch(x):
     """Grid (programs per image and channel block, channel blocks, N), tiles per program, meta-parameters."""
     N, T, D = x.shape
@@ -94,7 +88,7 @@ def gated_residual_fwd(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
     """x + gate[:, None] * y; all contiguous."""
     N, T, D = x.shape
     out = torch.empty_like(x)
-    grid, meta = _launch(x)
+    grid, meta = token_rows_launch(x)
     gated_residual_fwd_kernel[grid](x, gate, y, out, T, D, **meta)
     return out
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import TokenSplit, check_triton_device, row_tile, split_tiles
+from kernels import TokenSplit, check_triton_device, row_tile, split_tiles, token_rows_launch
 from kernels.partial_sums import sum_partials
 
 EPS = 1e-6
@@ -97,12 +97,6 @@ def ln_modulate_bwd_kernel(x_ptr, scale_ptr, mean_ptr, rstd_ptr, dh_ptr, dx_ptr,
     tl.store(p_partial + tl.num_programs(1) * D, tl.sum(b_dscale, axis=0), mask=m_c)
 
 
-def _launch(x):
-    N, T, D = x.shape
-    rows, block_d = row_tile(D)
-    return (triton.cdiv(T, rows), N), dict(ROWS=rows, BLOCK_D=block_d, num_warps=4)
-
-
 def _bwd_launch(x):
     """Grid (programs per image, N), tiles per program and meta-parameters of the backward."""
     N, T, D = x.shape
@@ -119,7 +113,7 @@ def ln_modulate_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float,
     N, T, D = x.shape
     h = torch.empty(N, T, D, device=x.device, dtype=out_dtype)
     mean, rstd = (torch.empty(N, T, device=x.device, dtype=torch.float32) for _ in range(2))
-    grid, meta = _launch(x)
+    grid, meta = token_rows_launch(x)
     ln_modulate_fwd_kernel[grid](x, shift, scale, h, mean, rstd, T, D, eps, **meta)
     return h, mean, rstd
 
