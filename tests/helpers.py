@@ -1,9 +1,17 @@
-"""Helpers shared by the tests: relative error in float64, where NaN or inf never passes, and the
-random weights that make a zero-initialised model's every branch count."""
+"""Helpers shared by the tests: relative error in float64, where NaN or inf never passes, the
+random weights that make a zero-initialised model's every branch count, and where Triton runs."""
 
 import math
 
+import pytest
 import torch
+
+from kernels import interpreting
+
+# Triton kernels run on CPU tensors under TRITON_INTERPRET=1 (how CI checks numerics), else on the GPU.
+TRITON_DEVICE = "cpu" if interpreting() else "cuda"
+needs_triton_device = pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
+                                         reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
 
 
 def rel_err(out, ref):

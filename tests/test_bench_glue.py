@@ -13,6 +13,7 @@ from bench.glue_providers import GLUE_MODELS, GLUE_OPS, GlueShape, glue_bytes, g
 from bench.kernel_bench import NO_PEAK_MEMORY, KernelRun, KernelSettings
 from bench.kernel_providers import triton_unavailable
 from bench.results import load_kernels
+from helpers import needs_triton_device
 from models.dig import DIG_SIZES, ffn_intermediate_size
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -68,8 +69,7 @@ def test_cpu_run_times_the_pytorch_twins_with_errors(tmp_path, one_torch_thread)
     assert (frame["op"] == "gla").sum() == 1  # the device copy only: --ops glue
 
 
-@pytest.mark.skipif(not (INTERPRETED or torch.cuda.is_available()),
-                    reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
+@needs_triton_device
 @pytest.mark.parametrize("op", GLUE_OPS, ids=[op.name for op in GLUE_OPS])
 def test_every_fused_op_takes_the_benchmark_inputs(op):
     """The benchmark calls fused(*inputs) and ref(*inputs): both must take what make_inputs makes.

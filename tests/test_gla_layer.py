@@ -8,14 +8,12 @@ measured 1e-7 to 5e-7 on the interpreter.
 import pytest
 import torch
 
-from helpers import assert_close_rel
-from kernels import interpreting
+from helpers import TRITON_DEVICE as DEVICE
+from helpers import assert_close_rel, needs_triton_device
 from kernels.gla import SCAN_ORDERS, naive_recurrent_gla
 from kernels.gla_layer import gla_layer, gla_layer_ref
 
-DEVICE = "cpu" if interpreting() else "cuda"
-pytestmark = pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
-                                reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
+pytestmark = needs_triton_device
 N, T, H, K, V, R = 2, 16, 2, 16, 32, 16  # a 4 x 4 token grid
 
 

@@ -10,12 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from gla_cases import FP32_TOLERANCE, make_inputs
-from helpers import assert_close_rel
+from helpers import assert_close_rel, needs_triton_device
 from kernels import interpreting
 from kernels.gla import SCAN_ORDERS, chunk_gla, chunk_gla_torch, naive_recurrent_gla, scan_index
 
-needs_triton = pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
-                                  reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
 
 
@@ -90,14 +88,14 @@ def test_torch_backends_follow_the_scan_order(scan_order, gate_normalizer):
     check(naive_recurrent_gla, scan_order, gate_normalizer)
 
 
-@needs_triton
+@needs_triton_device
 @pytest.mark.parametrize("gate_normalizer", (None, 16.0))
 @pytest.mark.parametrize("scan_order", SCAN_ORDERS)
 def test_triton_follows_the_scan_order(scan_order, gate_normalizer):
     check(chunk_gla, scan_order, gate_normalizer, device=DEVICE, chunk_size=16)
 
 
-@needs_triton
+@needs_triton_device
 def test_triton_reads_column_slices_of_a_wide_tensor():
     """q, k, v, g as column slices of one [B, T, W] tensor (a fused projection's output) give the
     contiguous inputs' results exactly, and the gradient lands in the wide tensor's slices."""
@@ -121,7 +119,7 @@ def test_triton_reads_column_slices_of_a_wide_tensor():
     assert torch.equal(grad_unused, torch.zeros_like(grad_unused))
 
 
-@needs_triton
+@needs_triton_device
 def test_gla_op_passes_opcheck():
     """torch.library.opcheck: schema, fake (meta) shapes, autograd registration, AOT dispatch."""
     inputs = gate_logit_inputs(16, 16, 16, 5, DEVICE)
@@ -131,7 +129,7 @@ def test_gla_op_passes_opcheck():
     torch.library.opcheck(torch.ops.dig.chunk_gla_fwd.default, args)
 
 
-@needs_triton
+@needs_triton_device
 def test_gla_compiles_with_no_graph_break():
     """fullgraph=True fails on any graph break: the launch config must resolve at trace time."""
     inputs = gate_logit_inputs(16, 16, 16, 6, DEVICE)

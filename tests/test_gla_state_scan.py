@@ -6,18 +6,13 @@ without a starting state, and split K and V into tiles that do not divide them. 
 <= 40 multiply-adds per element rounds to ~1e-7; 1e-6 leaves room for the tree's different order.
 """
 
-import os
-
 import pytest
 import torch
 
-from helpers import rel_err
+from helpers import TRITON_DEVICE, needs_triton_device, rel_err
 from kernels.gla.chunk import launch_state_scan
 from kernels.gla.config import GLAConfig
 
-needs_triton_device = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET", "0") in ("", "0") and not torch.cuda.is_available(),
-    reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
 SCAN_TOLERANCE = 1e-6
 
 
@@ -47,7 +42,7 @@ def scan_ref(x, gl, x0, backward):
     (40, 24, 40, 16, 16, True),
 ])
 def test_scan_matches_the_chunk_loop(NT, K, V, tile_k, tile_v, with_x0, backward):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = TRITON_DEVICE
     generator = torch.Generator().manual_seed(NT * 1000 + K)
     BH = 2
     x = torch.randn(BH, NT + 1, K, V, generator=generator).to(device)

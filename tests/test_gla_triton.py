@@ -25,14 +25,12 @@ from gla_cases import (
     reference,
     run_impl,
 )
+from helpers import needs_triton_device
 from kernels.gla import chunk_gla
 
 FP32_DG_TOLERANCE = 1e-4
 TF32_STATE_FLOOR = 1e-3
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-needs_triton_device = pytest.mark.skipif(
-    not (INTERPRETED or torch.cuda.is_available()),
-    reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
 
 #   B, T,  H, K,   V,   chunk, reverse, h0,    gate,            dtype
 CPU_CASES = [

@@ -18,7 +18,8 @@ import torch
 import kernels.dwconv
 import kernels.gated_residual
 import kernels.ln_modulate
-from helpers import assert_close_rel, rel_err
+from helpers import TRITON_DEVICE as DEVICE
+from helpers import assert_close_rel, needs_triton_device, rel_err
 from kernels import TokenSplit, interpreting
 from kernels.dwconv import ConvTiles, depthwise_conv3x3, depthwise_conv3x3_ref, orient_taps
 from kernels.gated_residual import gated_residual, gated_residual_ref
@@ -27,10 +28,8 @@ from kernels.ln_modulate import layer_norm_modulate, layer_norm_modulate_ref
 from kernels.partial_sums import sum_partials
 from kernels.swiglu import swiglu, swiglu_down, swiglu_down_ref, swiglu_ref
 
-DEVICE = "cpu" if interpreting() else "cuda"
 pytestmark = [
-    pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
-                       reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1"),
+    needs_triton_device,
     # The Triton 3.6 interpreter turns a runtime loop bound (an int argument, held as a 1-element
     # array) into a Python int with int(array), which NumPy 2.3 deprecates; the GPU never sees it.
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),

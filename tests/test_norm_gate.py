@@ -14,14 +14,12 @@ in fp32 (weight's dtype), so it gets 1e-5 for every input dtype.
 import pytest
 import torch
 
-from helpers import assert_close_rel
+from helpers import TRITON_DEVICE as DEVICE
+from helpers import assert_close_rel, needs_triton_device
 from kernels import interpreting
 from kernels.norm_gate import rms_norm_swish_gate_fused, rms_norm_swish_gate_ref
 
 INTERPRETED = interpreting()
-DEVICE = "cpu" if INTERPRETED else "cuda"
-needs_triton_device = pytest.mark.skipif(not (INTERPRETED or torch.cuda.is_available()),
-                                         reason="Triton kernels need a CUDA GPU or TRITON_INTERPRET=1")
 FP32_TOLERANCE = 1e-5
 # Largest relative error of the kernel's final fp32 -> dtype conversion (see the module docstring).
 ROUNDING_ERROR = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8 * (2 if INTERPRETED else 1)}
