@@ -136,14 +136,18 @@ def dwconv3x3_wgrad_kernel(x_ptr, dy_ptr, partial_ptr, E, D, n_strips, ROWS: tl.
     """This program's partial sums over its rows [r0, r1) and strip of dw[i, j] = sum dy[r, c] x[r + i - 1,
     c + j - 1] and db = sum dy, into its row of partial [images x strips, D x 9 taps then D biases]:
     input row q, loaded once as its three column shifts, meets dy rows q + 1, q and q - 1 (tap rows 0,
-    1 and 2), which roll through registers; the sums stay elementwise until the end."""
+    1 and 2); the sums stay elementwise until the end."""
     r0, r1, o_c, o_d, m_d, base = _strip(E, D, n_strips, ROWS, BLOCK_W, BLOCK_D)
     b00 = tl.zeros([BLOCK_W, BLOCK_D], dtype=tl.float32)  # [BLOCK_W, BLOCK_D] sums of dy * shifted x
     b01, b02, b10, b11, b12, b20, b21, b22, b_bias = b00, b00, b00, b00, b00, b00, b00, b00, b00
-    b_dy_above = b00  # dy row q - 1
     b_dy_here = b00  # dy row q
     for q in tl.range(r0 - 1, r1 + 1, num_stages=STAGES):
         b_dy_below = _row(dy_ptr, base, q + 1, r0, r1, o_c, o_d, m_d, E, D, 0)
+        # dy row q - 1 is loaded again (an L2 hit) rather than carried over two iterations: carried as
+        # `b_dy_above = b_dy_here` (a loop value yielded unchanged into another), the sm_90 build of
+        # Triton 3.6 left tap row 2 at garbage (relative error 1.0 on the H200, 2026-12-02, for every
+        # tile, stage and warp count; the interpreter was right).
+        b_dy_above = _row(dy_ptr, base, q - 1, r0, r1, o_c, o_d, m_d, E, D, 0)
         b_left = _row(x_ptr, base, q, 0, E, o_c, o_d, m_d, E, D, -1)
         b_mid = _row(x_ptr, base, q, 0, E, o_c, o_d, m_d, E, D, 0)
         b_right = _row(x_ptr, base, q, 0, E, o_c, o_d, m_d, E, D, 1)
@@ -157,7 +161,6 @@ def dwconv3x3_wgrad_kernel(x_ptr, dy_ptr, partial_ptr, E, D, n_strips, ROWS: tl.
         b21 += b_dy_above * b_mid
         b22 += b_dy_above * b_right
         b_bias += b_dy_below
-        b_dy_above = b_dy_here
         b_dy_here = b_dy_below
     i_row = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)  # image-major, as the grid
     p_taps = partial_ptr + i_row.to(tl.int64) * WEIGHT_SLOTS * D
