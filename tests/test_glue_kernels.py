@@ -210,7 +210,7 @@ def test_conv_gradients_on_cuda_against_the_cpu_reference():
     PyTorch's fp32 cuDNN conv agreed with its float64 one. Here the float64 references run on the CPU,
     on CUDA through the twin (a channels-last view) and on CUDA from an NCHW-contiguous copy; the
     assertions check the twin on CUDA and ours against the CPU, each message giving every error per
-    tap row."""
+    tap row. Its first run (347e582) put the error in ours, tap row 2 at 1.0: fixed in a280d80."""
     N, side, D = 2, 12, 70
     x, taps, bias = (t.cuda() for t in (draw(N, side * side, D), draw(D, 3, 3, seed=1), draw(D, seed=2)))
     dy = draw(N, side * side, D, seed=3).cuda()
