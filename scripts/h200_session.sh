@@ -17,6 +17,8 @@
 #   compile   DiG's torch.compile rows at S/2 256 and 2048 px
 #   kernels   the kernel benchmark (GLA at three head-dim classes, the fused glue) and the GLA tuning
 #   more      DiG-reference and DiG-fla eager, the rest of Fig. 2 in eager
+#   figs      Fig. 2 then Fig. 3 in all three modes, into reports/h200-figs/ (a tracked folder: commit its
+#             CSV after each session and the next one's sweep goes on where this one stopped)
 # Results: .results/h200/ (kept while the machine stays warm), copied to $OUT at the end of every call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -104,6 +106,18 @@ phase_more() {
     sweep --models DiG-reference DiG-fla --sizes S --resolutions 256 2048 --batch 4 --exec eager
     sweep --models DiG-reference --sizes XL --resolutions 2048 --batch 2 --exec eager
     sweep --models DiG DiT-cuDNN Flash-DiT DiT DiS --sizes S --resolutions 768 1280 1536 1792 --batch 4 --exec eager
+}
+
+phase_figs() {
+    local figs=reports/h200-figs budget
+    mkdir -p "$figs"
+    for fig in fig2 fig3; do
+        budget=$(( $(left) - 150 ))
+        if [ "$budget" -le 0 ]; then echo "no time left for $fig"; break; fi
+        python3 bench.py "$fig" --out "$figs" --time-budget "$budget" --timeout 300 --no-progress \
+            --exec eager graph compile 2>&1 | grep -v "running for" | tail -8
+        cp "$figs"/*.csv "$OUT"/ 2>/dev/null
+    done
 }
 
 python_path
