@@ -10,7 +10,8 @@
 #             logs and a .ok marker each in .build/); later calls pick up what finished
 #   tests     the GPU tests (-m gpu) and the kernel tests that run on CUDA when there is no interpreter
 #   tests2    the GPU tests of the built baselines (flash-attn's DiT, DiS on mamba's fused path)
-#   profile   GPU time per kernel category, DiG-reference (before) vs DiG (after), S/2 2048 b4 and XL/2 2048 b2
+#   profile   GPU time per kernel category, DiG-reference (before) vs DiG (after), S/2 2048 b4 and XL/2 2048 b2;
+#             DiG eager vs compiled at S/2 256 b4
 #   bar       the issues' points, most important first: XL/2 b2 and S/2 b4 at 2048 px, S/2 at 512, Flash-DiT
 #             at S/2 256 and 2048, S/2 at 256 and 1024; DiG in eager and graph (its compile rows are
 #             slower than graph and take a minute each: phase compile), DiT-cuDNN and Flash-DiT in all three
@@ -82,6 +83,11 @@ phase_profile() {
     budget=$(( $(left) - 120 ))
     python3 bench.py profile --out "$RESULTS" --models DiG-reference DiG DiT-cuDNN --sizes XL --resolutions 2048 \
         --batch 2 --exec eager --time-budget "$budget" --timeout 300 --no-progress 2>&1 | grep -v "running for"
+    # compiled DiG ran slower than eager DiG (2026-12-02: 23.7 against 56.3 img/s at S/2 256 px b4): GPU
+    # time or host time?
+    budget=$(( $(left) - 120 ))
+    python3 bench.py profile --out "$RESULTS" --models DiG --sizes S --resolutions 256 --batch 4 \
+        --exec eager compile --time-budget "$budget" --timeout 300 --no-progress 2>&1 | grep -v "running for"
 }
 
 phase_bar() {
