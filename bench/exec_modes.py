@@ -34,6 +34,7 @@ import torch
 import torch._inductor.config
 import torch.nn.functional as F
 
+from .numerics import relative_error
 from .spec import DEFAULT_COMPILE_MODE, EXEC_MODES, MODES
 
 STEP_MODES = MODES
@@ -291,15 +292,6 @@ def _eager_reference(model, train, x, t, y, dtype):
         out = model(x, t, y)
     grads = torch.autograd.grad(train.loss(out), params, allow_unused=True)
     return out.detach().clone(), _norms(grads, out.device)
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64; inf when out holds NaN or inf (0 when both are exactly 0)."""
-    out64, ref64 = out.detach().double(), ref.detach().double()
-    if not torch.isfinite(out64).all():
-        return float("inf")
-    diff, norm = (out64 - ref64).norm().item(), ref64.norm().item()
-    return diff / norm if norm else (0.0 if diff == 0.0 else float("inf"))
 
 
 def _check_step(step, model, train, x, t, y, dtype, reference):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernel_providers import Case, Target, relative_error, triton_unavailable, worst_error
+from .kernel_providers import Case, Target, triton_unavailable
+from .numerics import relative_error, worst_error
 from .spec import GLUE_PROVIDERS
 
 LATENT_FACTOR, PATCH = 8, 2  # the VAE's downsampling and DiG's patch: 2048 px -> 128 x 128 tokens

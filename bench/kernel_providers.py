@@ -4,13 +4,13 @@ and the Case and Target records that the GLA and the glue rows (bench/glue_provi
 """
 
 import importlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .numerics import relative_error, worst_error
 from .registry import import_error
 
 GATE_LOGIT_NORMALIZER = 16  # DiG's gates, as its GLA layer makes them: g = logsigmoid(x) / 16
@@ -44,18 +44,6 @@ def attention_bytes_per_token_head(D: int, itemsize: int, mode: str) -> int:
     """Same for attention (head dim D): forward reads q, k, v and writes o; backward reads q, k, v,
     o, do and writes dq, dk, dv (the fp32 log-sum-exp, 4 bytes, is left out)."""
     return itemsize * (4 * D + (8 * D if mode == "fwd+bwd" else 0))
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64; NaN if out holds NaN (NaN never passes)."""
-    out, ref = out.double(), ref.double()
-    return ((out - ref).norm() / ref.norm()).item()
-
-
-def worst_error(outs, refs) -> float:
-    """The largest relative_error of pairs; NaN if any is NaN (max() would drop a NaN not first)."""
-    errors = [relative_error(out, ref) for out, ref in zip(outs, refs)]
-    return float("nan") if any(math.isnan(e) for e in errors) else max(errors)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from bench.kernel_providers import (
     errors_against_reference,
     gla_bytes_per_token_head,
     make_inputs,
-    relative_error,
 )
+from bench.numerics import relative_error
 from bench.results import load_kernels
 from bench.schema import KERNEL_COLUMNS
 from bench.spec import KERNEL_HEADS, KERNEL_PROVIDERS
