@@ -51,7 +51,7 @@ def gla_layer_ref(proj, gate_up_weight, gate_up_bias, norm_weight, heads, head_k
 
 def _launch(proj, heads, head_k, head_v, reverse, transpose, config, gate_scale):
     q, _, v, _, _ = split_projection(proj, heads, head_k, head_v)
-    return Launch(q, v, GLAConfig(*config), reverse, transpose, gate_scale)
+    return Launch(q, v, GLAConfig.from_op_arguments(config), reverse, transpose, gate_scale)
 
 
 @torch.library.custom_op("dig::gla_layer_fwd", mutates_args=())

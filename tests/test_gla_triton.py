@@ -8,8 +8,10 @@ fp16/bf16 inputs: twice the error of the naive recurrence run on the same low-pr
 (tests/gla_cases.py), the FlashAttention rule; on the GPU the kernels multiply bf16 inputs' fp32
 intermediates in tf32 (kernels/gla/config.py), whose 2**-11 operand rounding shows in the fp32
 results ht and dh0 (4e-4 measured on the H200), so those get a floor of 1e-3 there.
+bf16 dot operands (GLAConfig.dot_operands = "bf16"): wider bounds, measured, see BF16_DOT_FACTOR.
 """
 
+import dataclasses
 import os
 
 import pytest
@@ -25,11 +27,21 @@ from gla_cases import (
     reference,
     run_impl,
 )
-from helpers import needs_triton_device
-from kernels.gla import chunk_gla
+from helpers import TRITON_DEVICE, needs_triton_device
+from kernels.gla import chunk_gla, tuning
 
 FP32_DG_TOLERANCE = 1e-4
 TF32_STATE_FLOOR = 1e-3
+# bf16 dot operands: the naive error e (1.7e-3) is one bf16 rounding of the result, and the dots
+# round each operand once more by as much (rms 1.7e-3, at most 2**-8), o = (q exp G) S + A v three
+# times: sqrt(1 + 3) e = 2 e expected, 2.06 e measured at most for o, dq, dk, dv (six cases of
+# 32x64, 64x64, 48x80, four seeds, interpreter), right at FlashAttention's 2 e: 3 e here. dg adds
+# up W and suffix sums up to chunk-size times larger than itself, and their operands' rounding
+# shows: 3.9 e measured at chunk 64, 4.5 e at 128 (fp32 operands: 1.0 e): 6 e. ht and dh0 stay
+# fp32 (naive error 1e-7): one bf16 rounding's bound 2**-8 = 3.9e-3 (1.8e-3 measured at most).
+BF16_DOT_FACTOR = 3.0
+BF16_DOT_DG_FACTOR = 6.0
+BF16_DOT_STATE_FLOOR = 2.0**-8
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 #   B, T,  H, K,   V,   chunk, reverse, h0,    gate,            dtype
@@ -82,15 +94,17 @@ def make_case_inputs(B, T, H, K, V, dtype, gate, h0, device, seed):
     return inputs
 
 
-def check_against_reference(case, device, seed=0):
+def check_against_reference(case, device, seed=0, bf16_dots=False):
     """The float64 naive recurrence runs on the kernel's device (on the GPU, a CPU reference of
-    T=16384 took minutes)."""
+    T=16384 took minutes). bf16_dots: the kernels run with bf16 dot operands (the bf16_dots fixture)."""
     B, T, H, K, V, chunk, reverse, h0, gate, dtype = case
     inputs = make_case_inputs(B, T, H, K, V, dtype, gate, h0, device, seed)
     ref = reference(inputs, reverse)
     out = run_impl(chunk_gla, inputs, reverse, chunk_size=chunk)
     if dtype == torch.float32:
         tolerances = {**{name: FP32_TOLERANCE for name in RESULT_NAMES}, "dg": FP32_DG_TOLERANCE}
+    elif bf16_dots:
+        tolerances = bf16_dot_tolerances(low_precision_tolerances(inputs, reverse, ref))
     else:
         tolerances = low_precision_tolerances(inputs, reverse, ref)
         if device == "cuda":
@@ -100,12 +114,55 @@ def check_against_reference(case, device, seed=0):
     assert_matches(out, ref, tolerances)
 
 
+def bf16_dot_tolerances(two_naive: dict) -> dict:
+    """low_precision_tolerances' 2 e widened to BF16_DOT_FACTOR e (dg: BF16_DOT_DG_FACTOR e), with
+    BF16_DOT_STATE_FLOOR for ht and dh0."""
+    widened = {name: tol / 2 * (BF16_DOT_DG_FACTOR if name == "dg" else BF16_DOT_FACTOR)
+               for name, tol in two_naive.items()}
+    for name in ("ht", "dh0"):
+        if name in widened:
+            widened[name] = max(widened[name], BF16_DOT_STATE_FLOOR)
+    return widened
+
+
+@pytest.fixture
+def bf16_dots(monkeypatch):
+    """chunk_gla launches with dot_operands="bf16", every other field as tuning.get_config gives it."""
+    get_config = tuning.get_config
+    monkeypatch.setattr(tuning, "get_config", lambda *args, **kwargs: dataclasses.replace(
+        get_config(*args, **kwargs), dot_operands="bf16"))
+
+
 @needs_triton_device
 @pytest.mark.parametrize("case", CPU_CASES, ids=[case_id(c) for c in CPU_CASES])
 def test_triton_matches_naive_float64(case):
     assert torch.empty(4).isnan().all()  # tests/conftest.py: buffers the kernels do not write stay NaN
     device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
     check_against_reference(case, device)
+
+
+# bf16 dot operands in DiG's head-dim class, 64 x 64 and one not a power of two; reversed, with an
+# initial state, and sub-chunks on the exact path (half_extreme). About 3-10 s each interpreted.
+BF16_DOT_CASES = [
+    (2, 64, 1, 32, 64, 64, False, True, "mixed", torch.bfloat16),
+    (2, 256, 2, 32, 64, 128, True, True, "mixed", torch.bfloat16),
+    (1, 100, 1, 64, 64, 32, True, True, "mixed", torch.bfloat16),
+    (1, 200, 1, 48, 80, 64, False, False, "half_extreme", torch.bfloat16),
+]
+
+
+@needs_triton_device
+@pytest.mark.parametrize("case", BF16_DOT_CASES, ids=[case_id(c) for c in BF16_DOT_CASES])
+def test_bf16_dot_operands_match_naive_float64(case, bf16_dots):
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    check_against_reference(case, device, bf16_dots=True)
+
+
+@needs_triton_device
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_bf16_dot_operands_are_refused_for_other_input_dtypes(dtype, bf16_dots):
+    with pytest.raises(ValueError, match="dot_operands='bf16' needs bf16 inputs"):
+        chunk_gla(*small(dtype=dtype, device=TRITON_DEVICE))
 
 
 @needs_triton_device
@@ -186,6 +243,13 @@ GPU_CASES = [
 @pytest.mark.parametrize("case", GPU_CASES, ids=[case_id(c) for c in GPU_CASES])
 def test_triton_matches_naive_float64_gpu(case):
     check_against_reference(case, "cuda", seed=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED, reason="the GPU suite runs compiled kernels, not the interpreter")
+def test_bf16_dot_operands_at_the_dig_shape_gpu(bf16_dots):
+    check_against_reference((4, 4096, 6, 32, 64, None, False, True, "mixed", torch.bfloat16), "cuda", seed=1,
+                            bf16_dots=True)
 
 
 @pytest.mark.gpu

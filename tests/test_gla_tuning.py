@@ -139,3 +139,35 @@ def test_a_forced_chunk_size_keeps_every_other_tuned_field(cache_file, fake_gpu)
     tuning.save_cache({"Test GPU | triton x": {tuning.shape_key(4096, 64, 64, torch.bfloat16): entry(tuned)}})
     forced = tuning.get_config(4096, 64, 64, torch.bfloat16, chunk_size=64)
     assert forced == dataclasses.replace(tuned, chunk_size=64)
+
+
+def test_a_cache_written_before_dot_operands_loads_with_fp32_dots(cache_file, fake_gpu):
+    old = dict(chunk_size=64, state_block_v=32, state_warps=4, chunk_warps=4, num_stages=3, state_block_k=8)
+    key = tuning.shape_key(4096, 32, 64, torch.bfloat16)
+    tuning.save_cache({"Test GPU | triton x": {key: {**entry(GLAConfig(chunk_size=64)), "config": old}}})
+    assert tuning.get_config(4096, 32, 64, torch.bfloat16) == GLAConfig(chunk_size=64, dot_operands="fp32")
+    assert DEFAULT_CONFIG.dot_operands == "fp32"
+
+
+def test_launch_config_carries_dot_operands_as_ints(cache_file, fake_gpu, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the interpreter never reads the cache
+    tuned = GLAConfig(chunk_size=64, dot_operands="bf16")
+    tuning.save_cache({"Test GPU | triton x": {tuning.shape_key(4096, 32, 64, torch.bfloat16): entry(tuned)}})
+    arguments = tuning.launch_config(4096, 32, 64, torch.bfloat16)
+    assert all(type(value) is int for value in arguments)
+    assert GLAConfig.from_op_arguments(arguments) == tuned
+    assert GLAConfig.from_op_arguments([16, 32, 4, 4, 3]) == GLAConfig(16, 32, 4, 4, 3)  # a shorter list
+    with pytest.raises(ValueError, match="dot_operands"):
+        GLAConfig(dot_operands="fp8")
+
+
+@pytest.mark.parametrize("dtype, count", [(torch.bfloat16, 17), (torch.float16, 16)])
+def test_bf16_dot_operands_are_one_more_candidate_for_bf16_inputs(cache_file, fake_gpu, monkeypatch, dtype,
+                                                                   count):
+    """8 chunk x warps candidates, 8 state splits, then (bf16 only) the best of those with bf16 dots."""
+    monkeypatch.setattr(tuning, "time_config", lambda inputs, cfg: 1.0 - 0.5 * (cfg.dot_operands == "bf16"))
+    monkeypatch.setattr(tuning, "random_inputs", lambda *shape: None)
+    tuning.tune(shapes=[(32, 4096, 6, 32, 64)], dtype=dtype)
+    entry = tuning.load_cache()["Test GPU | triton x"][tuning.shape_key(4096, 32, 64, dtype)]
+    assert len(entry["table"]) == count
+    assert entry["config"]["dot_operands"] == ("bf16" if dtype == torch.bfloat16 else "fp32")

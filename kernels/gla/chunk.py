@@ -43,7 +43,7 @@ class Launch:
         self.gate_scale = 1.0 if gate_scale is None else gate_scale
         self.shape = dict(H=self.H, K=self.K, V=self.V, BT=cfg.chunk_size, BK=BK, BV=BV, REVERSE=reverse,
                           TRANSPOSE=transpose, GATE_LOGSIGMOID=gate_scale is not None,
-                          PREC=dot_precision(q.dtype, interpreting()))
+                          PREC=dot_precision(q.dtype, interpreting(), cfg.dot_operands))
         self.grid = (self.NT, self.B * self.H)
 
 

@@ -18,7 +18,15 @@ import triton
 import triton.language as tl
 
 from .chunk_fwd import head_offset, lanes, load_rows, load_state, log_forget_gate, scan_rows, store_rows
-from .intra import decayed_cols, decayed_rows, decayed_scores, exclusive_cumsum, fast_path_ok, sub_chunk_masks
+from .intra import (
+    decayed_cols,
+    decayed_rows,
+    decayed_scores,
+    exclusive_cumsum,
+    fast_path_ok,
+    mma,
+    sub_chunk_masks,
+)
 
 
 @triton.jit
@@ -38,7 +46,7 @@ def gla_bwd_local_state_kernel(
     b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(b_g, GATE_LOGSIGMOID, gate_scale), 0.0)
     b_do = load_rows(do + head_offset(i_bh, H, T * H * V, V), o_t, m_t, o_v, m_v, H * V)  # [BT, BV]
     b_qd = b_q * tl.exp(tl.cumsum(b_g, axis=0)) * scale
-    b_d = tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)  # [BK, BV]
+    b_d = mma(tl.trans(b_qd), b_do, PREC)  # [BK, BV]
     p_dh = dh + (i_bh.to(tl.int64) * (NT + 1) + i_c) * K * V
     tl.store(p_dh + o_k[:, None] * V + o_v[None, :], b_d, mask=m_k[:, None] & m_v[None, :])
 
@@ -88,13 +96,13 @@ def gla_bwd_dq_kernel(
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = tl.sum(b_g, axis=0)
-        b_dA = tl.where(m_causal, tl.dot(b_do, tl.trans(b_v), input_precision=PREC) * scale, 0.0)
+        b_dA = tl.where(m_causal, mma(b_do, tl.trans(b_v), PREC) * scale, 0.0)
         b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)  # [BC]
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_dq = decayed_rows(tl.where(m_strict, b_dA, 0.0), b_k, b_gc, m_strict, fast, BC, PREC)
-        b_dq += tl.dot(b_do, tl.trans(b_s), input_precision=PREC) * tl.exp(b_gc) * scale
+        b_dq += mma(b_do, tl.trans(b_s), PREC) * tl.exp(b_gc) * scale
         store_rows(p_dq, b_dq + b_dA_diag[:, None] * b_k, o_t, m_t, o_k, m_k, dq_st)
-        b_u = tl.dot(b_v, tl.trans(b_dh_end), input_precision=PREC)  # [BC, BK]
+        b_u = mma(b_v, tl.trans(b_dh_end), PREC)  # [BC, BK]
         b_u = b_u * b_k * tl.exp(b_gtot[None, :] - b_gpre[None, :] - b_gc)
         b_p = b_q * b_dq
         b_w = b_ext[None, :] + exclusive_cumsum(b_u, BC, PREC)
@@ -104,7 +112,7 @@ def gla_bwd_dq_kernel(
         b_ppre += tl.sum(b_p, axis=0)
         b_gpre += b_glast
         b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
-        b_s = b_s * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_s = b_s * tl.exp(b_glast)[:, None] + mma(tl.trans(b_kd), b_v, PREC)
     tl.store(ptot + p_chunk_k, b_ppre, mask=m_k)
 
 
@@ -153,14 +161,14 @@ def gla_bwd_dkv_kernel(
         b_ds_ext = b_dh_end * tl.exp(b_gsuf)[:, None]
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC) * scale  # [BC, BC]
-        b_dA = tl.where(m_causal, tl.dot(b_do, tl.trans(b_v), input_precision=PREC) * scale, 0.0)
+        b_dA = tl.where(m_causal, mma(b_do, tl.trans(b_v), PREC) * scale, 0.0)
         b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)
         b_kdecay = tl.exp(b_glast[None, :] - b_gc)  # [BC, BK]
         b_dk_int = decayed_cols(tl.where(m_strict, b_dA, 0.0), b_q, b_gc, m_strict, fast, BC, PREC)
-        b_dk_int += tl.dot(b_v, tl.trans(b_ds_int), input_precision=PREC) * b_kdecay
-        b_dk = b_dk_int + tl.dot(b_v, tl.trans(b_ds_ext), input_precision=PREC) * b_kdecay
-        b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=PREC)
-        b_dv += tl.dot(b_k * b_kdecay, b_ds_int + b_ds_ext, input_precision=PREC)
+        b_dk_int += mma(b_v, tl.trans(b_ds_int), PREC) * b_kdecay
+        b_dk = b_dk_int + mma(b_v, tl.trans(b_ds_ext), PREC) * b_kdecay
+        b_dv = mma(tl.trans(b_A), b_do, PREC)
+        b_dv += mma(b_k * b_kdecay, b_ds_int + b_ds_ext, PREC)
         store_rows(p_dk, b_dk + b_dA_diag[:, None] * b_q, o_t, m_t, o_k, m_k, dk_st)
         store_rows(p_dv, b_dv, o_t, m_t, o_v, m_v, dv_st)
         b_kdk = b_k * b_dk_int
@@ -171,4 +179,4 @@ def gla_bwd_dkv_kernel(
         b_ksuf += tl.sum(b_kdk, axis=0)
         b_gsuf += b_glast
         b_qd = b_q * tl.exp(b_gc) * scale
-        b_ds_int = b_ds_int * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)
+        b_ds_int = b_ds_int * tl.exp(b_glast)[:, None] + mma(tl.trans(b_qd), b_do, PREC)

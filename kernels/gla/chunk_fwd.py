@@ -26,7 +26,7 @@ gate_scale, computed in fp32 as each tile is loaded.
 import triton
 import triton.language as tl
 
-from .intra import decayed_scores, fast_path_ok, sub_chunk_masks
+from .intra import decayed_scores, fast_path_ok, mma, round_to_bf16_nearest_even, sub_chunk_masks
 
 
 @triton.jit
@@ -84,15 +84,6 @@ def log_forget_gate(b_g, GATE_LOGSIGMOID: tl.constexpr, gate_scale):
 
 
 @triton.jit
-def round_to_bf16_nearest_even(x):
-    """fp32 -> fp32 holding the nearest-even bf16 value. Triton's interpreter converts to bf16 by
-    truncation (twice the rounding error); with the low 16 bits already zero any conversion is exact."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def store_rows(ptr, value, o_t, m_t, o_d, m_d, row_stride):
     """Store a [rows, cols] tile into a [T, H, D] slab, rounding to the slab's dtype."""
     p = ptr + o_t[:, None] * row_stride + o_d[None, :]
@@ -119,7 +110,7 @@ def gla_fwd_local_state_kernel(
     b_v = load_rows(v + head_offset(i_bh, H, v_sb, V), o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
     b_gc = tl.cumsum(b_g, axis=0)
     b_glast = tl.sum(b_g, axis=0)  # [BK]
-    b_d = tl.dot(tl.trans(b_k * tl.exp(b_glast[None, :] - b_gc)), b_v, input_precision=PREC)
+    b_d = mma(tl.trans(b_k * tl.exp(b_glast[None, :] - b_gc)), b_v, PREC)
     p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V
     tl.store(p_h + o_k[:, None] * V + o_v[None, :], b_d, mask=m_k[:, None] & m_v[None, :])
     tl.store(gl + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, b_glast, mask=m_k)
@@ -153,8 +144,8 @@ def gla_fwd_output_kernel(
         b_glast = tl.sum(b_g, axis=0)
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC)  # [BC, BC]
-        b_o = tl.dot(b_q * tl.exp(b_gc), b_s, input_precision=PREC)
-        b_o += tl.dot(b_A, b_v, input_precision=PREC)
+        b_o = mma(b_q * tl.exp(b_gc), b_s, PREC)
+        b_o += mma(b_A, b_v, PREC)
         store_rows(p_o, b_o * scale, o_t, m_t, o_v, m_v, H * V)
         b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
-        b_s = b_s * tl.exp(b_glast)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_s = b_s * tl.exp(b_glast)[:, None] + mma(tl.trans(b_kd), b_v, PREC)

@@ -1,10 +1,11 @@
 """Launch configuration of the Triton chunked GLA and the candidates the tuner tries."""
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, astuple, dataclass, fields, replace
 
 import torch
 
 CHUNK_SIZES = (16, 32, 64, 128)
+DOT_OPERANDS = ("fp32", "bf16")  # GLAConfig.dot_operands; the custom ops carry its index here
 
 
 @dataclass(frozen=True)
@@ -20,20 +21,49 @@ class GLAConfig:
     # 8 gives K/8 * V/32 = 8 programs per (batch, head) at K=32, V=64 (DiG-XL/2 at 2048 px: 288 on 132
     # SMs instead of 72)
     state_block_k: int = 8
+    # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
+    # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
+    # bf16 tensor-core MMA with fp32 accumulation. Untimed on a GPU so far, hence not the default.
+    dot_operands: str = "fp32"
+
+    def __post_init__(self):
+        if self.dot_operands not in DOT_OPERANDS:
+            raise ValueError(f"dot_operands must be one of {', '.join(DOT_OPERANDS)}, "
+                             f"got {self.dot_operands!r}.")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def op_arguments(self) -> tuple:
+        """The fields as ints, for the custom ops' `config: list[int]` (dot_operands as its index in
+        DOT_OPERANDS)."""
+        return (*astuple(self)[:-1], DOT_OPERANDS.index(self.dot_operands))
+
+    @classmethod
+    def from_op_arguments(cls, config) -> "GLAConfig":
+        """Inverse of op_arguments; fields left out at the end take their defaults."""
+        values = dict(zip((field.name for field in fields(cls)), config))
+        if "dot_operands" in values:
+            values["dot_operands"] = DOT_OPERANDS[values["dot_operands"]]
+        return cls(**values)
 
 
 DEFAULT_CONFIG = GLAConfig()
 
 
-def dot_precision(dtype: torch.dtype, interpreter: bool) -> str:
-    """tl.dot precision of the fp32 intermediates. bf16 inputs carry 1.6e-3 relative rounding error
-    already, so tf32 (2**-11 per operand) is lost in it; fp16's 11-bit mantissa is as fine as tf32's,
-    so with tf32 the fp16 case of tests/test_gla_triton.py failed its 2x-naive-error bound on the
-    H200: fp16 gets tf32x3 (three tf32 products, about fp32 accuracy) and fp32 exact products.
-    The interpreter only knows "ieee"."""
+def dot_precision(dtype: torch.dtype, interpreter: bool, dot_operands: str = "fp32") -> str:
+    """PREC of the kernels' dots (intra.mma): a tl.dot input precision of the fp32 intermediates, or
+    "bf16" for bf16 operands. bf16 inputs carry 1.6e-3 relative rounding error already, so tf32
+    (2**-11 per operand) is lost in it; fp16's 11-bit mantissa is as fine as tf32's, so with tf32
+    the fp16 case of tests/test_gla_triton.py failed its 2x-naive-error bound on the H200: fp16 gets
+    tf32x3 (three tf32 products, about fp32 accuracy) and fp32 exact products. bf16 operands round
+    to 8 significant bits (at most 2**-8 = 3.9e-3 relative, 1.6e-3 rms: what rounding the bf16
+    inputs cost already), so they are refused for fp16 and fp32 inputs, whose dots would lose more
+    than their inputs' rounding. The interpreter only knows "ieee" (mma emulates "bf16")."""
+    if dot_operands == "bf16":
+        if dtype != torch.bfloat16:
+            raise ValueError(f"dot_operands='bf16' needs bf16 inputs, got {dtype}: use dot_operands='fp32'.")
+        return "bf16"
     if interpreter or dtype == torch.float32:
         return "ieee"
     return "tf32x3" if dtype == torch.float16 else "tf32"
@@ -49,3 +79,10 @@ def state_candidates(base: GLAConfig):
     (batch, head) pairs) and how deep their loads are prefetched."""
     return [replace(base, state_block_k=bk, state_block_v=bv, state_warps=w, num_stages=s)
             for bk, bv, w in ((8, 32, 4), (16, 32, 4), (8, 64, 4), (16, 16, 4)) for s in (2, 3)]
+
+
+def dot_candidates(base: GLAConfig, dtype: torch.dtype):
+    """Third tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
+    candidate: the dots are in the chunk-parallel passes only, so the state split of stage two
+    still holds; whether bf16 operands move the best chunk size is left to a wider grid."""
+    return [replace(base, dot_operands="bf16")] if dtype == torch.bfloat16 else []

@@ -15,7 +15,37 @@ exp(G_i - G_j) per key channel, where G is the gate cumsum inside the sub-chunk 
 import triton
 import triton.language as tl
 
+from kernels import interpreting
+
 SAFE_GATE_RANGE = tl.constexpr(60.0)
+# Fixed at import, as triton.jit fixes whether these functions are interpreted.
+INTERPRETED = tl.constexpr(interpreting())
+
+
+@triton.jit
+def round_to_bf16_nearest_even(x):
+    """fp32 -> fp32 holding the nearest-even bf16 value. Triton's interpreter converts to bf16 by
+    truncation (twice the rounding error); with the low 16 bits already zero any conversion is exact."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def mma(a, b, PREC: tl.constexpr):
+    """a [M, N] @ b [N, P] of fp32 tiles -> fp32 [M, P], summed in fp32, at config.dot_precision's
+    PREC. PREC "bf16": the operands rounded to bf16 (nearest even: at most 2**-8 = 3.9e-3 relative,
+    1.6e-3 rms, the order of the bf16 inputs' own rounding), one bf16 tensor-core MMA. The
+    interpreter's tl.dot multiplies bf16 operands' raw uint16 bits, so there the rounded values stay
+    fp32: their products are exact in fp32, as on tensor cores."""
+    if PREC == "bf16":
+        if INTERPRETED:
+            out = tl.dot(round_to_bf16_nearest_even(a), round_to_bf16_nearest_even(b), input_precision="ieee")
+        else:
+            out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    else:
+        out = tl.dot(a, b, input_precision=PREC)
+    return out
 
 
 @triton.jit
@@ -52,7 +82,7 @@ def decayed_scores(b_a, b_b, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.cons
         b_g0 = first_row(b_gc, BC)
         b_ad = b_a * tl.exp(b_gc - b_g0[None, :])
         b_bd = b_b * tl.exp(b_g0[None, :] - b_gc)
-        b_s = tl.dot(b_ad, tl.trans(b_bd), input_precision=PREC)
+        b_s = mma(b_ad, tl.trans(b_bd), PREC)
     else:
         b_s = tl.sum(b_a[:, None, :] * b_b[None, :, :] * exact_decay(b_gc, m_keep), axis=2)
     return tl.where(m_keep, b_s, 0.0)
@@ -64,7 +94,7 @@ def decayed_rows(b_w, b_x, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.conste
     x: [BC, BK] -> [BC, BK]. (dq from dA and k.)"""
     if fast:
         b_g0 = first_row(b_gc, BC)
-        b_out = tl.dot(b_w, b_x * tl.exp(b_g0[None, :] - b_gc), input_precision=PREC)
+        b_out = mma(b_w, b_x * tl.exp(b_g0[None, :] - b_gc), PREC)
         b_out = b_out * tl.exp(b_gc - b_g0[None, :])
     else:
         b_out = tl.sum(b_w[:, :, None] * b_x[None, :, :] * exact_decay(b_gc, m_keep), axis=1)
@@ -77,7 +107,7 @@ def decayed_cols(b_w, b_x, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.conste
     x: [BC, BK] -> [BC, BK]. (dk from dA and q.)"""
     if fast:
         b_g0 = first_row(b_gc, BC)
-        b_out = tl.dot(tl.trans(b_w), b_x * tl.exp(b_gc - b_g0[None, :]), input_precision=PREC)
+        b_out = mma(tl.trans(b_w), b_x * tl.exp(b_gc - b_g0[None, :]), PREC)
         b_out = b_out * tl.exp(b_g0[None, :] - b_gc)
     else:
         b_out = tl.sum(b_w[:, :, None] * b_x[:, None, :] * exact_decay(b_gc, m_keep), axis=0)
@@ -90,4 +120,4 @@ def exclusive_cumsum(b_x, BC: tl.constexpr, PREC: tl.constexpr):
     cumsum(x) - x would cancel a large x_i against itself when the prefix is tiny."""
     o_c = tl.arange(0, BC)
     b_lower = tl.where(o_c[:, None] > o_c[None, :], 1.0, 0.0)
-    return tl.dot(b_lower, b_x, input_precision=PREC)
+    return mma(b_lower, b_x, PREC)

@@ -20,7 +20,7 @@ from .tuning import launch_config
 
 
 def launch(q, v, config, reverse, transpose, gate_scale) -> Launch:
-    return Launch(q, v, GLAConfig(*config), reverse, transpose, gate_scale)
+    return Launch(q, v, GLAConfig.from_op_arguments(config), reverse, transpose, gate_scale)
 
 
 @torch.library.custom_op("dig::chunk_gla_fwd", mutates_args=())

@@ -19,7 +19,7 @@ import triton
 from kernels import interpreting
 
 from .chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
-from .config import CHUNK_SIZES, DEFAULT_CONFIG, GLAConfig, chunk_candidates, state_candidates
+from .config import CHUNK_SIZES, DEFAULT_CONFIG, GLAConfig, chunk_candidates, dot_candidates, state_candidates
 
 # DiG's GLA head dims in every size: K = D / (2H) = 32, V = D / H = 64. Token counts of the
 # resolutions 256 .. 2048 at patch 2 (and 4096 px) with B * T = 131072 tokens, H = 6 (DiG-S; the kernel
@@ -90,10 +90,11 @@ def get_config(T, K, V, dtype, chunk_size=None, tune_allowed=True) -> GLAConfig:
 
 @torch.compiler.assume_constant_result
 def launch_config(T: int, K: int, V: int, dtype: torch.dtype, chunk_size: int | None = None) -> tuple:
-    """get_config as a tuple of ints, for the GLA op's arguments. torch.compile evaluates it once at
-    trace time (a constant of the graph): the cache file is never read inside a compiled step."""
+    """get_config as a tuple of ints (GLAConfig.op_arguments), for the GLA op's arguments. torch.compile
+    evaluates it once at trace time (a constant of the graph): the cache file is never read inside a
+    compiled step."""
     cfg = get_config(T, K, V, dtype, chunk_size=chunk_size, tune_allowed=not interpreting())
-    return dataclasses.astuple(cfg)
+    return cfg.op_arguments()
 
 
 def time_config(inputs, cfg: GLAConfig) -> float:
@@ -128,13 +129,13 @@ def time_or_error(inputs, cfg: GLAConfig) -> tuple[float | None, str]:
 
 
 def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
-    """Two stages: chunk size x chunk warps, then the state-pass split. Returns the cache entry;
-    RuntimeError if no candidate runs at this shape. Candidates that fail have ms None and their
-    error in the table."""
+    """Three stages: chunk size x chunk warps, the state-pass split, then bf16 dot operands (bf16
+    inputs). Returns the cache entry; RuntimeError if no candidate runs at this shape. Candidates
+    that fail have ms None and their error in the table."""
     inputs = random_inputs(B, T, H, K, V, dtype)
     table = []
     best = None
-    for stage in (chunk_candidates, state_candidates):
+    for stage in (chunk_candidates, state_candidates, functools.partial(dot_candidates, dtype=dtype)):
         base = best[0] if best else DEFAULT_CONFIG
         for cfg in stage(base):
             ms, error = time_or_error(inputs, cfg)
@@ -208,10 +209,12 @@ def tuning_summary(table) -> str:
         best = [rows[rows.chunk_size == c].ms.min() for c in CHUNK_SIZES]
         chosen = rows[rows.chosen].iloc[0]
         default_ms = rows[rows.default].ms.min() if rows.default.any() else float("nan")
+        dots = chosen.get("dot_operands", "fp32")  # a tuning.csv from before the field: fp32
         lines.append(f"{shape['K']:>4} {shape['V']:>4} {shape['T']:>6} "
                      + " ".join(f"{b:9.3f}" if b == b else f"{'-':>9}" for b in best)
                      + f"   C{chosen.chunk_size} bv{chosen.state_block_v} sw{chosen.state_warps}"
-                       f" cw{chosen.chunk_warps} st{chosen.num_stages} -> {chosen.ms:.3f}   {default_ms:.3f}")
+                       f" cw{chosen.chunk_warps} st{chosen.num_stages} {dots}-dots -> {chosen.ms:.3f}"
+                       f"   {default_ms:.3f}")
     return "\n".join(lines)
 
 
