@@ -16,7 +16,7 @@
 #             at S/2 256 and 2048, S/2 at 256 and 1024; DiG in eager and graph (its compile rows are
 #             slower than graph and take a minute each: phase compile), DiT-cuDNN and Flash-DiT in all three
 #   compile   DiG's torch.compile rows at S/2 256 and 2048 px
-#   kernels   the kernel benchmark (GLA at three head-dim classes, the fused glue) and the GLA tuning
+#   kernels   the GLA kernel benchmark (ours and fla) one head-dim class at a time, then the GLA tuning
 #   more      DiG-reference and DiG-fla eager, the rest of Fig. 2 in eager
 #   figs      Fig. 2 then Fig. 3 in all three modes, into reports/h200-figs/ (a tracked folder: commit its
 #             CSV after each session and the next one's sweep goes on where this one stopped)
@@ -105,7 +105,19 @@ phase_compile() {
 }
 
 phase_kernels() {
-    timeout $(( $(left) - 60 )) python3 bench.py kernels --out "$RESULTS" 2>&1 | tail -30
+    # one head-dim class per run (fla autotunes about 2.4 min per class; all three took 10-12 min), so
+    # a call cut at its limit keeps the classes it finished; then the tuning (with the bf16-dot
+    # candidate), whose cache lives on the machine (kernels/gla/tuning.py: cache_path) and comes back
+    # in $OUT; a later kernels run on the same warm machine times the tuned configs
+    for dims in 32x64 64x64 128x128; do
+        [ "$(left)" -le 120 ] && { echo "no time left for kernels $dims"; return; }
+        timeout $(( $(left) - 60 )) python3 bench.py kernels --out "$RESULTS" --ops gla --head-dims "$dims" \
+            --providers fla ours-triton 2>&1 | tail -8
+        cp "$RESULTS"/kernels.csv "$OUT"/ 2>/dev/null
+    done
+    timeout $(( $(left) - 60 )) python3 bench.py tune --out "$RESULTS" 2>&1 | tail -20
+    cp "$RESULTS"/tuning*.csv "$OUT"/ 2>/dev/null
+    cp "$(python3 -c 'from kernels.gla.tuning import cache_path; print(cache_path())')" "$OUT"/ 2>/dev/null
 }
 
 phase_more() {
