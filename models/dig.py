@@ -144,8 +144,10 @@ class DiGBlock(nn.Module):
         """x [N, T, D], c [N, D], skip [N, T, D] (raster order) -> [N, T, D]."""
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        modulation = self.adaLN_modulation(c).chunk(6, dim=1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
+        # [6, N, D] in one copy: the six [N, D] column chunks of [N, 6D] are strided views, which the
+        # glue ops each made contiguous (six copy launches per block instead of one)
+        modulation = self.adaLN_modulation(c).unflatten(1, (6, -1)).transpose(0, 1).contiguous()
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.unbind(0)
         h = self.glue.norm_modulate(x, shift_msa, scale_msa)
         if self.srem_position == "before_attn":
             h = self.spatial_conv(h)
