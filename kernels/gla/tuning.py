@@ -139,7 +139,7 @@ def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
         base = best[0] if best else DEFAULT_CONFIG
         for cfg in stage(base):
             ms, error = time_or_error(inputs, cfg)
-            table.append({**dataclasses.asdict(cfg), "ms": None if ms is None else round(ms, 4),
+            table.append({**cfg.as_dict(), "ms": None if ms is None else round(ms, 4),
                           **({"error": error} if error else {})})
             progress(f"  T={T} K={K} V={V} {cfg} -> " + (f"{ms:.3f} ms" if ms is not None else error))
             if ms is not None and (best is None or ms < best[1]):
@@ -147,7 +147,7 @@ def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
     if best is None:
         raise RuntimeError(f"no launch config runs at B={B} T={T} H={H} K={K} V={V}: {table[0]['error']}")
     default_ms, _ = time_or_error(inputs, DEFAULT_CONFIG)
-    return {"config": dataclasses.asdict(best[0]), "ms": round(best[1], 4),
+    return {"config": best[0].as_dict(), "ms": round(best[1], 4),
             "default_ms": None if default_ms is None else round(default_ms, 4),
             "shape": [B, T, H, K, V], "table": table}
 
@@ -190,7 +190,7 @@ def tuning_table(dtype=torch.bfloat16):
         if not key.endswith(str(dtype).replace("torch.", "")):
             continue
         for cand in entry["table"]:
-            config = {name: cand[name] for name in dataclasses.asdict(DEFAULT_CONFIG) if name in cand}
+            config = {name: cand[name] for name in DEFAULT_CONFIG.as_dict() if name in cand}
             rows.append({"gpu": device_key(), "shape_key": key, **parse_shape_key(key),
                          "B,T,H,K,V": entry["shape"], **cand, "chosen": config == entry["config"],
                          "default": GLAConfig(**config) == DEFAULT_CONFIG})
