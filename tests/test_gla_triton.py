@@ -158,6 +158,33 @@ def test_bf16_dot_operands_match_naive_float64(case, bf16_dots):
     check_against_reference(case, device, bf16_dots=True)
 
 
+# Narrow state tiles (GLAConfig.chunk_block_k, chunk_block_v): the K-tiled dq and dk/dg passes and the
+# V-tiled output, dv and local-state passes, with heads that are no multiple of the tile (masked lanes in
+# the last tile), sub-chunks on the exact path (half_extreme, very_negative), reversed, with h0. The
+# tiles only regroup the same sums, so the thresholds are the one-tile ones. 2-10 s each interpreted.
+TILE_CASES = [
+    ((1, 200, 1, 48, 80, 32, False, True, "half_extreme", torch.float32), (16, 32)),
+    ((1, 40, 2, 64, 64, 16, True, True, "mixed", torch.bfloat16), (32, 32)),
+    ((2, 65, 1, 24, 100, 64, True, False, "very_negative", torch.float32), (16, 64)),
+]
+
+
+def force_tiles(monkeypatch, tiles):
+    """chunk_gla launches with these [K, V] state tiles, every other field as tuning.get_config gives it."""
+    get_config = tuning.get_config
+    monkeypatch.setattr(tuning, "get_config", lambda *args, **kwargs: dataclasses.replace(
+        get_config(*args, **kwargs), chunk_block_k=tiles[0], chunk_block_v=tiles[1]))
+
+
+@needs_triton_device
+@pytest.mark.parametrize("case, tiles", TILE_CASES,
+                         ids=[f"{case_id(c)}-tile{t[0]}x{t[1]}" for c, t in TILE_CASES])
+def test_narrow_state_tiles_match_naive_float64(case, tiles, monkeypatch):
+    force_tiles(monkeypatch, tiles)
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    check_against_reference(case, device)
+
+
 @needs_triton_device
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_bf16_dot_operands_are_refused_for_other_input_dtypes(dtype, bf16_dots):
@@ -250,6 +277,14 @@ def test_triton_matches_naive_float64_gpu(case):
 def test_bf16_dot_operands_at_the_dig_shape_gpu(bf16_dots):
     check_against_reference((4, 4096, 6, 32, 64, None, False, True, "mixed", torch.bfloat16), "cuda", seed=1,
                             bf16_dots=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED, reason="the GPU suite runs compiled kernels, not the interpreter")
+def test_narrow_state_tiles_on_the_exact_path_gpu(monkeypatch):
+    force_tiles(monkeypatch, (16, 32))
+    case = (2, 1000, 4, 48, 80, None, True, True, "half_extreme", torch.bfloat16)
+    check_against_reference(case, "cuda", seed=2)
 
 
 @pytest.mark.gpu

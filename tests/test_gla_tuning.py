@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernels.gla import tuning
-from kernels.gla.config import DEFAULT_CONFIG, GLAConfig
+from kernels.gla.config import DEFAULT_CONFIG, GLAConfig, tile_candidates
 
 
 @pytest.fixture
@@ -134,6 +134,15 @@ def test_no_candidate_running_leaves_the_shape_untuned(cache_file, fake_gpu, mon
     assert tuning.get_config(65536, 128, 128, torch.bfloat16) == DEFAULT_CONFIG
 
 
+def test_tile_candidates_are_distinct_launches():
+    wide = tile_candidates(DEFAULT_CONFIG, 128, 128)
+    assert [(c.chunk_block_k, c.chunk_block_v) for c in wide] == [(128, 128), (64, 64), (32, 64), (32, 32)]
+    dig = tile_candidates(DEFAULT_CONFIG, 32, 64)
+    assert [(c.chunk_block_k, c.chunk_block_v) for c in dig] == [(32, 64), (32, 32)]
+    narrow = tile_candidates(DEFAULT_CONFIG, 16, 16)  # every tile clips to the one 16 x 16 tile
+    assert [(c.chunk_block_k, c.chunk_block_v) for c in narrow] == [(16, 16)]
+
+
 def test_a_forced_chunk_size_keeps_every_other_tuned_field(cache_file, fake_gpu):
     tuned = GLAConfig(chunk_size=32, state_block_v=16, state_warps=2, chunk_warps=2, num_stages=2)
     tuning.save_cache({"Test GPU | triton x": {tuning.shape_key(4096, 64, 64, torch.bfloat16): entry(tuned)}})
@@ -161,10 +170,11 @@ def test_launch_config_carries_dot_operands_as_ints(cache_file, fake_gpu, monkey
         GLAConfig(dot_operands="fp8")
 
 
-@pytest.mark.parametrize("dtype, count", [(torch.bfloat16, 17), (torch.float16, 16)])
+@pytest.mark.parametrize("dtype, count", [(torch.bfloat16, 19), (torch.float16, 18)])
 def test_bf16_dot_operands_are_one_more_candidate_for_bf16_inputs(cache_file, fake_gpu, monkeypatch, dtype,
                                                                    count):
-    """8 chunk x warps candidates, 8 state splits, then (bf16 only) the best of those with bf16 dots."""
+    """8 chunk x warps candidates, 2 state tiles (the distinct ones at K=32, V=64), 8 state-scan
+    splits, then (bf16 only) the best of those with bf16 dots."""
     monkeypatch.setattr(tuning, "time_config", lambda inputs, cfg: 1.0 - 0.5 * (cfg.dot_operands == "bf16"))
     monkeypatch.setattr(tuning, "random_inputs", lambda *shape: None)
     tuning.tune(shapes=[(32, 4096, 6, 32, 64)], dtype=dtype)

@@ -39,12 +39,23 @@ class Launch:
         self.NT = triton.cdiv(self.T, cfg.chunk_size)
         self.E = grid_side(self.T, transpose)
         self.cfg = cfg
-        BK, BV = block_sizes(self.K, self.V)
         self.gate_scale = 1.0 if gate_scale is None else gate_scale
-        self.shape = dict(H=self.H, K=self.K, V=self.V, BT=cfg.chunk_size, BK=BK, BV=BV, REVERSE=reverse,
+        self.shape = dict(H=self.H, K=self.K, V=self.V, BT=cfg.chunk_size, REVERSE=reverse,
                           TRANSPOSE=transpose, GATE_LOGSIGMOID=gate_scale is not None,
                           PREC=dot_precision(q.dtype, interpreting(), cfg.dot_operands))
-        self.grid = (self.NT, self.B * self.H)
+        BK, BV = block_sizes(self.K, self.V)
+        self.tile_k, self.tile_v = min(BK, cfg.chunk_block_k), min(BV, cfg.chunk_block_v)
+        self.full_k, self.full_v = BK, BV
+
+    def tiles(self, bk: int, bv: int) -> tuple:
+        """(grid, meta) of a chunk-parallel launch with [bk, bv] state tiles: one program per chunk,
+        (batch, head) and tile (chunk_fwd.lanes numbers the tiles)."""
+        n_tiles = triton.cdiv(self.K, bk) * triton.cdiv(self.V, bv)
+        return (self.NT, self.B * self.H, n_tiles), dict(self.shape, BK=bk, BV=bv)
+
+    def one_pass_dkv(self) -> bool:
+        """dk, dg and dv in one backward pass: the state tile covers K and V."""
+        return self.tile_k == self.full_k and self.tile_v == self.full_v
 
 
 def scan_tiles(NT: int, K: int, V: int, cfg: GLAConfig) -> tuple:
@@ -74,13 +85,15 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
     o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
-    gla_fwd_local_state_kernel[L.grid](
+    grid, meta = L.tiles(L.tile_k, L.tile_v)
+    gla_fwd_local_state_kernel[grid](
         k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, gl, L.gate_scale, L.T, L.NT, L.E,
-        **L.shape, num_warps=cfg.chunk_warps)
+        **meta, num_warps=cfg.chunk_warps)
     launch_state_scan(h, gl, h0, False, cfg)
-    gla_fwd_output_kernel[L.grid](
+    grid, meta = L.tiles(L.full_k, L.tile_v)  # the scores q k^T take all of K
+    gla_fwd_output_kernel[grid](
         q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, o, scale,
-        L.gate_scale, L.T, L.NT, L.E, BC=SUB_CHUNK, **L.shape, num_warps=cfg.chunk_warps,
+        L.gate_scale, L.T, L.NT, L.E, BC=SUB_CHUNK, **meta, num_warps=cfg.chunk_warps,
         num_stages=cfg.num_stages)
     return o, h, gl
 
@@ -97,9 +110,10 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
                  torch.empty(v.shape, device=q.device, dtype=v.dtype),
                  torch.empty(g.shape, device=q.device, dtype=g.dtype))
     dq, dk, dv, dg = grads
-    gla_bwd_local_state_kernel[L.grid](
+    grid, meta = L.tiles(L.tile_k, L.tile_v)
+    gla_bwd_local_state_kernel[grid](
         q, *rows_layout(q), g, *rows_layout(g), do, dh, scale, L.gate_scale, L.T, L.NT, L.E,
-        **L.shape, num_warps=cfg.chunk_warps)
+        **meta, num_warps=cfg.chunk_warps)
     launch_state_scan(dh, gl, dht, True, cfg)
     # dg_work parks W (see the dq kernel) in fp32; dg can hold it itself when it is fp32 and has
     # dg_work's contiguous layout.
@@ -107,11 +121,20 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
     dg_work = dg if contiguous_fp32 else torch.empty(dg.shape, device=q.device, dtype=torch.float32)
     ptot = torch.empty_like(gl)
     inputs = (q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g))
-    chunk_args = dict(BC=SUB_CHUNK, **L.shape, num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
-    gla_bwd_dq_kernel[L.grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dg_work, ptot, scale,
-                              L.gate_scale, L.T, L.NT, L.E, **chunk_args)
-    gla_bwd_dkv_kernel[L.grid](*inputs, do, dh, dk, *rows_layout(dk), dv, *rows_layout(dv), dg, dg_work,
-                               ptot, scale, L.gate_scale, L.T, L.NT, L.E, **chunk_args)
+    chunk_args = dict(BC=SUB_CHUNK, num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
+    grid, meta = L.tiles(L.tile_k, L.full_v)  # dA = do v^T takes all of V
+    gla_bwd_dq_kernel[grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dg_work, ptot, scale,
+                            L.gate_scale, L.T, L.NT, L.E, **meta, **chunk_args)
+    dkv_args = (*inputs, do, dh, dk, *rows_layout(dk), dv, *rows_layout(dv), dg, dg_work, ptot, scale,
+                L.gate_scale, L.T, L.NT, L.E)
+    if L.one_pass_dkv():
+        grid, meta = L.tiles(L.full_k, L.full_v)
+        gla_bwd_dkv_kernel[grid](*dkv_args, **meta, **chunk_args, DO_DK=True, DO_DV=True)
+    else:  # K tiles for dk and dg (they sum over V), V tiles for dv (it sums over K)
+        grid, meta = L.tiles(L.tile_k, L.full_v)
+        gla_bwd_dkv_kernel[grid](*dkv_args, **meta, **chunk_args, DO_DK=True, DO_DV=False)
+        grid, meta = L.tiles(L.full_k, L.tile_v)
+        gla_bwd_dkv_kernel[grid](*dkv_args, **meta, **chunk_args, DO_DK=False, DO_DV=True)
     dh0 = dh[:, 0].reshape(L.B, L.H, L.K, L.V)
     return dq, dk, dv, dg, dh0
 

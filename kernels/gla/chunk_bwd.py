@@ -37,7 +37,8 @@ def gla_bwd_local_state_kernel(
     REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
     """Chunk c's own contribution to the gradient of the state entering it,
-    scale * sum_i (q_i exp(G_i))^T do_i, into dh[c]. One program per chunk; do is contiguous."""
+    scale * sum_i (q_i exp(G_i))^T do_i, into dh[c]. One program per chunk and [BK, BV] tile of
+    the state; do is contiguous."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
@@ -60,7 +61,8 @@ def gla_bwd_dq_kernel(
     REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
     """dq of chunk c, and W (the first part of dg) into dg_work, sum_t q_t dq_off_t into ptot.
-    do and dg_work are contiguous ([B, T, H, V] and [B, T, H, K])."""
+    do and dg_work are contiguous ([B, T, H, V] and [B, T, H, K]). One program per chunk and BK
+    lanes of K; BV >= V, as dA = do v^T sums over all of V."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
@@ -123,9 +125,14 @@ def gla_bwd_dkv_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
+    DO_DK: tl.constexpr, DO_DV: tl.constexpr,
 ):
-    """dk, dv and dg of chunk c (a separate kernel from dq: together they needed 255 registers
-    per thread and spilled 64 on the H200). dg and dg_work are contiguous [B, T, H, K]; with
+    """dk and dg (DO_DK) and/or dv (DO_DV) of chunk c, one program per chunk and [BK, BV] tile of
+    the state gradient (a separate kernel from dq: together they needed 255 registers per thread
+    and spilled 64 on the H200). dk and dg sum over V (dA = do v^T, v dS^T), so DO_DK needs BV >= V;
+    dv sums over K (the scores q k^T, (k decayed) dS), so DO_DV needs BK >= K. Both at once when one
+    tile covers the state; at wider heads a K-tiled DO_DK launch and a V-tiled DO_DV launch keep
+    the [BK, BV] state tiles small. dg and dg_work are contiguous [B, T, H, K]; with
     GATE_LOGSIGMOID, dg is the gradient of the gate's pre-activation."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
@@ -153,30 +160,32 @@ def gla_bwd_dkv_kernel(
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
         b_graw = load_rows(p_g, o_t, m_t, o_k, m_k, g_st)
         b_g = tl.where(m_tk, log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale), 0.0)
-        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
-        b_w = load_rows(p_w, o_t, m_t, o_k, m_k, H * K)
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = tl.sum(b_g, axis=0)
         b_ds_ext = b_dh_end * tl.exp(b_gsuf)[:, None]
         fast = fast_path_ok(b_gc, b_glast, BC)
-        b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC) * scale  # [BC, BC]
-        b_dA = tl.where(m_causal, mma(b_do, tl.trans(b_v), PREC) * scale, 0.0)
-        b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)
         b_kdecay = tl.exp(b_glast[None, :] - b_gc)  # [BC, BK]
-        b_dk_int = decayed_cols(tl.where(m_strict, b_dA, 0.0), b_q, b_gc, m_strict, fast, BC, PREC)
-        b_dk_int += mma(b_v, tl.trans(b_ds_int), PREC) * b_kdecay
-        b_dk = b_dk_int + mma(b_v, tl.trans(b_ds_ext), PREC) * b_kdecay
-        b_dv = mma(tl.trans(b_A), b_do, PREC)
-        b_dv += mma(b_k * b_kdecay, b_ds_int + b_ds_ext, PREC)
-        store_rows(p_dk, b_dk + b_dA_diag[:, None] * b_q, o_t, m_t, o_k, m_k, dk_st)
-        store_rows(p_dv, b_dv, o_t, m_t, o_v, m_v, dv_st)
-        b_kdk = b_k * b_dk_int
-        b_dg = b_w + b_ptot[None, :] - (b_ksuf[None, :] + tl.cumsum(b_kdk, axis=0, reverse=True))
-        if GATE_LOGSIGMOID:  # d logsigmoid(x) / dx = sigmoid(-x)
-            b_dg = b_dg * tl.sigmoid(-b_graw) * gate_scale
-        store_rows(p_dg, b_dg, o_t, m_t, o_k, m_k, H * K)
-        b_ksuf += tl.sum(b_kdk, axis=0)
+        if DO_DV:
+            b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC) * scale  # [BC, BC]
+            b_dv = mma(tl.trans(b_A), b_do, PREC)
+            b_dv += mma(b_k * b_kdecay, b_ds_int + b_ds_ext, PREC)
+            store_rows(p_dv, b_dv, o_t, m_t, o_v, m_v, dv_st)
+        if DO_DK:
+            b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)
+            b_w = load_rows(p_w, o_t, m_t, o_k, m_k, H * K)
+            b_dA = tl.where(m_causal, mma(b_do, tl.trans(b_v), PREC) * scale, 0.0)
+            b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)
+            b_dk_int = decayed_cols(tl.where(m_strict, b_dA, 0.0), b_q, b_gc, m_strict, fast, BC, PREC)
+            b_dk_int += mma(b_v, tl.trans(b_ds_int), PREC) * b_kdecay
+            b_dk = b_dk_int + mma(b_v, tl.trans(b_ds_ext), PREC) * b_kdecay
+            store_rows(p_dk, b_dk + b_dA_diag[:, None] * b_q, o_t, m_t, o_k, m_k, dk_st)
+            b_kdk = b_k * b_dk_int
+            b_dg = b_w + b_ptot[None, :] - (b_ksuf[None, :] + tl.cumsum(b_kdk, axis=0, reverse=True))
+            if GATE_LOGSIGMOID:  # d logsigmoid(x) / dx = sigmoid(-x)
+                b_dg = b_dg * tl.sigmoid(-b_graw) * gate_scale
+            store_rows(p_dg, b_dg, o_t, m_t, o_k, m_k, H * K)
+            b_ksuf += tl.sum(b_kdk, axis=0)
         b_gsuf += b_glast
         b_qd = b_q * tl.exp(b_gc) * scale
         b_ds_int = b_ds_int * tl.exp(b_glast)[:, None] + mma(tl.trans(b_qd), b_do, PREC)

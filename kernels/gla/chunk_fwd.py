@@ -55,8 +55,12 @@ def head_offset(i_bh, H: tl.constexpr, s_b, D: tl.constexpr):
 
 @triton.jit
 def lanes(K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """The K and V lane indices of a tile and their masks."""
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
+    """The K and V lane indices of this program's [BK, BV] tile of the state and their masks. Tiles
+    are numbered K-fastest along grid axis 2 (one tile when BK >= K and BV >= V)."""
+    n_k: tl.constexpr = (K + BK - 1) // BK
+    i_tile = tl.program_id(2)
+    o_k = (i_tile % n_k) * BK + tl.arange(0, BK)
+    o_v = (i_tile // n_k) * BV + tl.arange(0, BV)
     return o_k, o_v, o_k < K, o_v < V
 
 
@@ -100,7 +104,8 @@ def gla_fwd_local_state_kernel(
     REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
     """Chunk c's own contribution to the state after it, D_c = sum_j (k_j exp(G_last - G_j))^T v_j,
-    into h[c + 1], and its log decay G_last = sum of its gates into gl[c]. One program per chunk."""
+    into h[c + 1], and its log decay G_last = sum of its gates into gl[c]. One program per chunk and
+    [BK, BV] tile of the state."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
@@ -113,7 +118,8 @@ def gla_fwd_local_state_kernel(
     b_d = mma(tl.trans(b_k * tl.exp(b_glast[None, :] - b_gc)), b_v, PREC)
     p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V
     tl.store(p_h + o_k[:, None] * V + o_v[None, :], b_d, mask=m_k[:, None] & m_v[None, :])
-    tl.store(gl + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, b_glast, mask=m_k)
+    first_v_tile = tl.program_id(2) < (K + BK - 1) // BK  # gl once per K lane
+    tl.store(gl + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, b_glast, mask=m_k & first_v_tile)
 
 
 @triton.jit
@@ -123,7 +129,8 @@ def gla_fwd_output_kernel(
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
-    """o of chunk c ([B, T, H, V], contiguous) from the state entering it. One program per chunk."""
+    """o of chunk c ([B, T, H, V], contiguous) from the state entering it. One program per chunk and
+    BV columns of V; BK >= K, as the scores q k^T sum over all of K."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)

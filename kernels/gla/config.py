@@ -3,6 +3,7 @@
 from dataclasses import asdict, astuple, dataclass, fields, replace
 
 import torch
+import triton
 
 CHUNK_SIZES = (16, 32, 64, 128)
 DOT_OPERANDS = ("fp32", "bf16")  # GLAConfig.dot_operands; the custom ops carry its index here
@@ -21,6 +22,15 @@ class GLAConfig:
     # 8 gives K/8 * V/32 = 8 programs per (batch, head) at K=32, V=64 (DiG-XL/2 at 2048 px: 288 on 132
     # SMs instead of 72)
     state_block_k: int = 8
+    # State tiles of the chunk-parallel kernels, which carry a [K, V] fp32 state (or its gradient) in
+    # registers: K lanes per program of the dq and dk/dg passes, V lanes per program of the output
+    # and dv passes, both for the local-state passes. A tile that covers the state keeps dk, dg and
+    # dv in one pass. H200, bf16, fwd+bwd (reports/h200-2026-12-02c): 64 x 64 was the fastest tile
+    # in all three head-dim classes. K = V = 128, B4 T2048 H16: 3.34 ms against 5.91 with one
+    # [128, 128] tile (5 KB of spills per thread in dk/dv), 3.72 with 32 x 32; narrower tiles and 8
+    # warps spill less (ptxas) but were slower everywhere, up to 4.8x (16 x 32 at 8 warps, K=32 V=64).
+    chunk_block_k: int = 64
+    chunk_block_v: int = 64
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. Untimed on a GPU so far, hence not the default.
@@ -51,6 +61,7 @@ class GLAConfig:
 DEFAULT_CONFIG = GLAConfig()
 
 
+
 def dot_precision(dtype: torch.dtype, interpreter: bool, dot_operands: str = "fp32") -> str:
     """PREC of the kernels' dots (intra.mma): a tl.dot input precision of the fp32 intermediates, or
     "bf16" for bf16 operands. bf16 inputs carry 1.6e-3 relative rounding error already, so tf32
@@ -74,15 +85,25 @@ def chunk_candidates(base: GLAConfig):
     return [replace(base, chunk_size=c, chunk_warps=w) for c in CHUNK_SIZES for w in (2, 4)]
 
 
+def tile_candidates(base: GLAConfig, K: int, V: int):
+    """Second tuning stage: the chunk kernels' state tiles (K and V lanes per program), at the
+    warps of stage one (8 warps were slower with every tile on the H200). Tiles wider than the head
+    are the same launch, so they are tried once."""
+    full_k, full_v = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    tiles = dict.fromkeys((min(bk, full_k), min(bv, full_v))
+                          for bk, bv in ((128, 128), (64, 64), (32, 64), (32, 32)))
+    return [replace(base, chunk_block_k=bk, chunk_block_v=bv) for bk, bv in tiles]
+
+
 def state_candidates(base: GLAConfig):
-    """Second tuning stage: how the state scans split K and V over programs (more programs for few
+    """Third tuning stage: how the state scans split K and V over programs (more programs for few
     (batch, head) pairs) and how deep their loads are prefetched."""
     return [replace(base, state_block_k=bk, state_block_v=bv, state_warps=w, num_stages=s)
             for bk, bv, w in ((8, 32, 4), (16, 32, 4), (8, 64, 4), (16, 16, 4)) for s in (2, 3)]
 
 
 def dot_candidates(base: GLAConfig, dtype: torch.dtype):
-    """Third tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
-    candidate: the dots are in the chunk-parallel passes only, so the state split of stage two
+    """Fourth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
+    candidate: the dots are in the chunk-parallel passes only, so the state split of stage three
     still holds; whether bf16 operands move the best chunk size is left to a wider grid."""
     return [replace(base, dot_operands="bf16")] if dtype == torch.bfloat16 else []

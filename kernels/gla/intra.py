@@ -7,9 +7,13 @@ exp(G_i - G_j) per key channel, where G is the gate cumsum inside the sub-chunk 
   tensor cores. exp(G_0 - G_j) grows up to exp(range), range = G_0 - G_15, so it is used only
   while range < SAFE_GATE_RANGE (60: exp(60) = 1e26, far from fp32's 3e38 even times |q| |k|).
   DiG's gates (logsigmoid / 16) keep the range of 16 tokens near 1.
-* Exact path: the [16, 16, K] tensor exp(G_i - G_j), masked before exp, so a gate of -20 per step
-  (range 300) underflows to 0 and never overflows. Measured 6x slower on the H200, so it only
-  runs for sub-chunks whose gates need it (a runtime branch per sub-chunk).
+* Exact path: exp(G_i - G_j) formed per pair, masked before exp, so a gate of -20 per step
+  (range 300) underflows to 0 and never overflows; it only runs for sub-chunks whose gates need it
+  (a runtime branch per sub-chunk). It walks the 16 tokens of one side in a loop, so its live tiles
+  are [16, K] like the fast path's: registers are allocated for both branches, and the [16, 16, K]
+  tensors of the first exact path (64 fp32 per thread at K=32 and 4 warps, 256 at K=128) made the
+  dk/dv kernel spill 256 bytes per thread at K=32, V=64 and 1208 at K=V=64 (ptxas, sm_90);
+  without them it spilled 0 and 264.
 """
 
 import triton
@@ -56,35 +60,33 @@ def sub_chunk_masks(BC: tl.constexpr):
 
 
 @triton.jit
-def first_row(b_x, BC: tl.constexpr):
-    """Row 0 of a [BC, BK] tile as a [BK] vector."""
-    o_c = tl.arange(0, BC)
-    return tl.sum(tl.where((o_c == 0)[:, None], b_x, 0.0), axis=0)
+def row_of(b_x, j, BC: tl.constexpr):
+    """Row j of a [BC, BK] tile as a [BK] vector."""
+    return tl.sum(tl.where((tl.arange(0, BC) == j)[:, None], b_x, 0.0), axis=0)
 
 
 @triton.jit
 def fast_path_ok(b_gc, b_glast, BC: tl.constexpr):
     """Scalar: the gate range of this sub-chunk lets the factored dot path stay finite."""
-    return tl.max(first_row(b_gc, BC) - b_glast, axis=0) < SAFE_GATE_RANGE
-
-
-@triton.jit
-def exact_decay(b_gc, m_keep):
-    """exp(G_i - G_j) where m_keep [BC, BC], else 0: [BC, BC, BK], masked before exp."""
-    b_diff = b_gc[:, None, :] - b_gc[None, :, :]
-    return tl.exp(tl.where(m_keep[:, :, None], b_diff, float("-inf")))
+    return tl.max(row_of(b_gc, 0, BC) - b_glast, axis=0) < SAFE_GATE_RANGE
 
 
 @triton.jit
 def decayed_scores(b_a, b_b, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.constexpr):
     """S_ij = sum_k a_ik b_jk exp(G_ik - G_jk) where m_keep, else 0. a, b: [BC, BK] -> [BC, BC]."""
     if fast:
-        b_g0 = first_row(b_gc, BC)
+        b_g0 = row_of(b_gc, 0, BC)
         b_ad = b_a * tl.exp(b_gc - b_g0[None, :])
         b_bd = b_b * tl.exp(b_g0[None, :] - b_gc)
         b_s = mma(b_ad, tl.trans(b_bd), PREC)
     else:
-        b_s = tl.sum(b_a[:, None, :] * b_b[None, :, :] * exact_decay(b_gc, m_keep), axis=2)
+        o_c = tl.arange(0, BC)
+        b_s = tl.zeros([BC, BC], dtype=tl.float32)
+        for j in range(BC):  # column j: key token j against every query token i
+            m_col = tl.sum(tl.where(o_c[None, :] == j, m_keep.to(tl.int32), 0), axis=1) > 0  # [BC] over i
+            b_decay = tl.exp(tl.where(m_col[:, None], b_gc - row_of(b_gc, j, BC)[None, :], float("-inf")))
+            b_col = tl.sum(b_a * row_of(b_b, j, BC)[None, :] * b_decay, axis=1)
+            b_s = tl.where(o_c[None, :] == j, b_col[:, None], b_s)
     return tl.where(m_keep, b_s, 0.0)
 
 
@@ -93,11 +95,17 @@ def decayed_rows(b_w, b_x, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.conste
     """out_i = sum_j w_ij x_j exp(G_i - G_j) over m_keep. w: [BC, BC] (zero outside m_keep),
     x: [BC, BK] -> [BC, BK]. (dq from dA and k.)"""
     if fast:
-        b_g0 = first_row(b_gc, BC)
+        b_g0 = row_of(b_gc, 0, BC)
         b_out = mma(b_w, b_x * tl.exp(b_g0[None, :] - b_gc), PREC)
         b_out = b_out * tl.exp(b_gc - b_g0[None, :])
     else:
-        b_out = tl.sum(b_w[:, :, None] * b_x[None, :, :] * exact_decay(b_gc, m_keep), axis=1)
+        o_c = tl.arange(0, BC)
+        b_out = tl.zeros(b_x.shape, dtype=tl.float32)
+        for j in range(BC):  # token j's contribution to every row i
+            m_col = tl.sum(tl.where(o_c[None, :] == j, m_keep.to(tl.int32), 0), axis=1) > 0  # [BC] over i
+            b_wj = tl.sum(tl.where(o_c[None, :] == j, b_w, 0.0), axis=1)  # column j of w
+            b_decay = tl.exp(tl.where(m_col[:, None], b_gc - row_of(b_gc, j, BC)[None, :], float("-inf")))
+            b_out += b_wj[:, None] * row_of(b_x, j, BC)[None, :] * b_decay
     return b_out
 
 
@@ -106,11 +114,17 @@ def decayed_cols(b_w, b_x, b_gc, m_keep, fast, BC: tl.constexpr, PREC: tl.conste
     """out_j = sum_i w_ij x_i exp(G_i - G_j) over m_keep. w: [BC, BC] (zero outside m_keep),
     x: [BC, BK] -> [BC, BK]. (dk from dA and q.)"""
     if fast:
-        b_g0 = first_row(b_gc, BC)
+        b_g0 = row_of(b_gc, 0, BC)
         b_out = mma(tl.trans(b_w), b_x * tl.exp(b_gc - b_g0[None, :]), PREC)
         b_out = b_out * tl.exp(b_g0[None, :] - b_gc)
     else:
-        b_out = tl.sum(b_w[:, :, None] * b_x[:, None, :] * exact_decay(b_gc, m_keep), axis=0)
+        o_c = tl.arange(0, BC)
+        b_out = tl.zeros(b_x.shape, dtype=tl.float32)
+        for i in range(BC):  # token i's contribution to every row j
+            m_row = tl.sum(tl.where(o_c[:, None] == i, m_keep.to(tl.int32), 0), axis=0) > 0  # [BC] over j
+            b_wi = tl.sum(tl.where(o_c[:, None] == i, b_w, 0.0), axis=0)  # row i of w
+            b_decay = tl.exp(tl.where(m_row[:, None], row_of(b_gc, i, BC)[None, :] - b_gc, float("-inf")))
+            b_out += b_wi[:, None] * row_of(b_x, i, BC)[None, :] * b_decay
     return b_out
 
 

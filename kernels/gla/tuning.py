@@ -19,7 +19,15 @@ import triton
 from kernels import interpreting
 
 from .chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
-from .config import CHUNK_SIZES, DEFAULT_CONFIG, GLAConfig, chunk_candidates, dot_candidates, state_candidates
+from .config import (
+    CHUNK_SIZES,
+    DEFAULT_CONFIG,
+    GLAConfig,
+    chunk_candidates,
+    dot_candidates,
+    state_candidates,
+    tile_candidates,
+)
 
 # DiG's GLA head dims in every size: K = D / (2H) = 32, V = D / H = 64. Token counts of the
 # resolutions 256 .. 2048 at patch 2 (and 4096 px) with B * T = 131072 tokens, H = 6 (DiG-S; the kernel
@@ -129,13 +137,15 @@ def time_or_error(inputs, cfg: GLAConfig) -> tuple[float | None, str]:
 
 
 def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
-    """Three stages: chunk size x chunk warps, the state-pass split, then bf16 dot operands (bf16
-    inputs). Returns the cache entry; RuntimeError if no candidate runs at this shape. Candidates
-    that fail have ms None and their error in the table."""
+    """Four stages (config.py): chunk size x chunk warps, the chunk kernels' state tiles x warps, the
+    state-pass split, then bf16 dot operands (bf16 inputs). Returns the cache entry; RuntimeError if
+    no candidate runs at this shape. Candidates that fail have ms None and their error in the table."""
     inputs = random_inputs(B, T, H, K, V, dtype)
     table = []
     best = None
-    for stage in (chunk_candidates, state_candidates, functools.partial(dot_candidates, dtype=dtype)):
+    stages = (chunk_candidates, functools.partial(tile_candidates, K=K, V=V), state_candidates,
+              functools.partial(dot_candidates, dtype=dtype))
+    for stage in stages:
         base = best[0] if best else DEFAULT_CONFIG
         for cfg in stage(base):
             ms, error = time_or_error(inputs, cfg)
@@ -210,9 +220,10 @@ def tuning_summary(table) -> str:
         chosen = rows[rows.chosen].iloc[0]
         default_ms = rows[rows.default].ms.min() if rows.default.any() else float("nan")
         dots = chosen.get("dot_operands", "fp32")  # a tuning.csv from before the field: fp32
+        tile = f"{chosen.get('chunk_block_k', 64)}x{chosen.get('chunk_block_v', 64)}"  # likewise
         lines.append(f"{shape['K']:>4} {shape['V']:>4} {shape['T']:>6} "
                      + " ".join(f"{b:9.3f}" if b == b else f"{'-':>9}" for b in best)
-                     + f"   C{chosen.chunk_size} bv{chosen.state_block_v} sw{chosen.state_warps}"
+                     + f"   C{chosen.chunk_size} tile{tile} bv{chosen.state_block_v} sw{chosen.state_warps}"
                        f" cw{chosen.chunk_warps} st{chosen.num_stages} {dots}-dots -> {chosen.ms:.3f}"
                        f"   {default_ms:.3f}")
     return "\n".join(lines)
