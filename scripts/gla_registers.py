@@ -1,0 +1,121 @@
+"""Registers and spills per thread of the GLA chunk kernels for an NVIDIA GPU, on a machine without one.
+
+    python scripts/gla_registers.py [--arch 90] [--chunk 128] [--warps 4] [--dots fp32|bf16] KxV[:BKxBV] ...
+
+Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it, with [BK, BV] state tiles
+(default: GLAConfig's chunk_block_k x chunk_block_v, clipped to the head), for the given compute
+capability (Triton's bundled ptxas), and cuobjdump's resource usage is printed per kernel: registers
+per thread (255 is the cap) and spill stack bytes. Only the register side of a launch config: on the
+H200 narrower tiles and 8 warps spilled less but ran slower (reports/h200-2026-12-02c).
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)  # before triton.jit runs: interpreted kernels do not compile
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from kernels.gla import chunk_bwd, chunk_fwd  # noqa: E402
+from kernels.gla.chunk import SUB_CHUNK, block_sizes  # noqa: E402
+from kernels.gla.config import DEFAULT_CONFIG  # noqa: E402
+
+FP32_BUFFERS = ("h", "gl", "dh", "dg_work", "ptot")  # the kernels' fp32 work buffers; inputs are bf16
+SCALARS = ("scale", "gate_scale")
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def signature(fn, constants: dict) -> dict:
+    """Triton argument types of a chunk kernel: bf16 tensors, fp32 work buffers, int32 sizes and strides."""
+    types = {}
+    for name in fn.arg_names:
+        if name in constants:
+            types[name] = "constexpr"
+        elif name in FP32_BUFFERS:
+            types[name] = "*fp32"
+        elif name in SCALARS:
+            types[name] = "fp32"
+        elif name in ("T", "NT", "E") or name.endswith(("_sb", "_st")):
+            types[name] = "i32"
+        else:
+            types[name] = "*bf16"
+    return types
+
+
+def resources(fn, constants: dict, arch: int, warps: int, stages: int) -> tuple[int, int]:
+    """(registers per thread, spill stack bytes) of fn compiled for sm_<arch>."""
+    constants = {name: value for name, value in constants.items() if name in fn.arg_names}
+    source = ASTSource(fn=fn, signature=signature(fn, constants),
+                       constexprs={(fn.arg_names.index(name),): value for name, value in constants.items()})
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=warps, num_stages=stages))
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(kernel.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([str(CUOBJDUMP), "-res-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1))
+
+
+def launches(K: int, V: int, tile_k: int, tile_v: int) -> list[tuple]:
+    """(label, kernel, BK, BV, extra constants) of one forward and backward, as chunk.py launches them."""
+    full_k, full_v = block_sizes(K, V)
+    tile_k, tile_v = min(tile_k, full_k), min(tile_v, full_v)
+    plan = [("fwd local state", chunk_fwd.gla_fwd_local_state_kernel, tile_k, tile_v, {}),
+            ("fwd output", chunk_fwd.gla_fwd_output_kernel, full_k, tile_v, {}),
+            ("bwd local state", chunk_bwd.gla_bwd_local_state_kernel, tile_k, tile_v, {}),
+            ("bwd dq", chunk_bwd.gla_bwd_dq_kernel, tile_k, full_v, {})]
+    if (tile_k, tile_v) == (full_k, full_v):
+        return plan + [("bwd dk dg dv", chunk_bwd.gla_bwd_dkv_kernel, full_k, full_v,
+                        dict(DO_DK=True, DO_DV=True))]
+    return plan + [("bwd dk dg", chunk_bwd.gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False)),
+                   ("bwd dv", chunk_bwd.gla_bwd_dkv_kernel, full_k, tile_v, dict(DO_DK=False, DO_DV=True))]
+
+
+def parse_class(text: str) -> tuple[int, int, int, int]:
+    """"32x64" or "128x128:64x64" -> (K, V, tile K, tile V)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(?::(\d+)x(\d+))?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected KxV or KxV:BKxBV like 128x128:64x64, got {text!r}")
+    K, V, tile_k, tile_v = match.groups()
+    default = DEFAULT_CONFIG
+    return int(K), int(V), int(tile_k or default.chunk_block_k), int(tile_v or default.chunk_block_v)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("classes", nargs="+", type=parse_class, metavar="KxV[:BKxBV]")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H200)")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CONFIG.chunk_size, choices=(16, 32, 64, 128))
+    parser.add_argument("--warps", type=int, default=DEFAULT_CONFIG.chunk_warps, choices=(1, 2, 4, 8))
+    parser.add_argument("--stages", type=int, default=DEFAULT_CONFIG.num_stages)
+    parser.add_argument("--dots", choices=("fp32", "bf16"), default="fp32", help="dot operands (GLAConfig)")
+    args = parser.parse_args(argv)
+    if not CUOBJDUMP.exists():
+        print(f"gla_registers: Triton's cuobjdump is missing ({CUOBJDUMP}); install triton with its NVIDIA "
+              "backend.", file=sys.stderr)
+        return 2
+    prec = "bf16" if args.dots == "bf16" else "tf32"  # config.dot_precision for bf16 inputs
+    for K, V, tile_k, tile_v in args.classes:
+        print(f"K={K} V={V} tiles {min(tile_k, block_sizes(K, V)[0])}x{min(tile_v, block_sizes(K, V)[1])}, "
+              f"chunk {args.chunk}, {args.warps} warps, {args.dots} dots, sm_{args.arch}:")
+        base = dict(H=1, K=K, V=V, BT=args.chunk, BC=SUB_CHUNK, REVERSE=False, TRANSPOSE=False,
+                    GATE_LOGSIGMOID=True, PREC=prec)
+        for label, fn, bk, bv, extra in launches(K, V, tile_k, tile_v):
+            regs, spill = resources(fn, dict(base, BK=bk, BV=bv, **extra), args.arch, args.warps, args.stages)
+            print(f"  {label:16s} [{bk:>3}, {bv:>3}] tile: {regs:3d} registers, {spill:5d} spill bytes "
+                  "per thread")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
