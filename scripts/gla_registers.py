@@ -2,11 +2,11 @@
 
     python scripts/gla_registers.py [--arch 90] [--chunk 128] [--warps 4] [--dots fp32|bf16] KxV[:BKxBV] ...
 
-Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it, with [BK, BV] state tiles
-(default: GLAConfig's chunk_block_k x chunk_block_v, clipped to the head), for the given compute
-capability (Triton's bundled ptxas), and cuobjdump's resource usage is printed per kernel: registers
-per thread (255 is the cap) and spill stack bytes. Only the register side of a launch config: on the
-H200 narrower tiles and 8 warps spilled less but ran slower (reports/h200-2026-12-02c).
+Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan), with
+[BK, BV] state tiles (default: GLAConfig's chunk_block_k x chunk_block_v, clipped to the head), for
+the given compute capability (Triton's bundled ptxas), and cuobjdump's resource usage is printed per
+kernel: registers per thread (255 is the cap) and spill stack bytes. Only the register side of a
+launch config: on the H200 narrower tiles and 8 warps spilled less but ran slower (reports/h200-2026-12-02c).
 """
 
 import argparse
@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,9 +26,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels.gla import chunk_bwd, chunk_fwd  # noqa: E402
-from kernels.gla.chunk import SUB_CHUNK, block_sizes  # noqa: E402
-from kernels.gla.config import DEFAULT_CONFIG  # noqa: E402
+from kernels.gla.chunk import SUB_CHUNK, launch_plan  # noqa: E402
+from kernels.gla.config import DEFAULT_CONFIG, block_sizes  # noqa: E402
 
 FP32_BUFFERS = ("h", "gl", "dh", "dg_work", "ptot")  # the kernels' fp32 work buffers; inputs are bf16
 SCALARS = ("scale", "gate_scale")
@@ -66,21 +66,6 @@ def resources(fn, constants: dict, arch: int, warps: int, stages: int) -> tuple[
     return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1))
 
 
-def launches(K: int, V: int, tile_k: int, tile_v: int) -> list[tuple]:
-    """(label, kernel, BK, BV, extra constants) of one forward and backward, as chunk.py launches them."""
-    full_k, full_v = block_sizes(K, V)
-    tile_k, tile_v = min(tile_k, full_k), min(tile_v, full_v)
-    plan = [("fwd local state", chunk_fwd.gla_fwd_local_state_kernel, tile_k, tile_v, {}),
-            ("fwd output", chunk_fwd.gla_fwd_output_kernel, full_k, tile_v, {}),
-            ("bwd local state", chunk_bwd.gla_bwd_local_state_kernel, tile_k, tile_v, {}),
-            ("bwd dq", chunk_bwd.gla_bwd_dq_kernel, tile_k, full_v, {})]
-    if (tile_k, tile_v) == (full_k, full_v):
-        return plan + [("bwd dk dg dv", chunk_bwd.gla_bwd_dkv_kernel, full_k, full_v,
-                        dict(DO_DK=True, DO_DV=True))]
-    return plan + [("bwd dk dg", chunk_bwd.gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False)),
-                   ("bwd dv", chunk_bwd.gla_bwd_dkv_kernel, full_k, tile_v, dict(DO_DK=False, DO_DV=True))]
-
-
 def parse_class(text: str) -> tuple[int, int, int, int]:
     """"32x64" or "128x128:64x64" -> (K, V, tile K, tile V)."""
     match = re.fullmatch(r"(\d+)x(\d+)(?::(\d+)x(\d+))?", text)
@@ -106,11 +91,13 @@ def main(argv=None) -> int:
         return 2
     prec = "bf16" if args.dots == "bf16" else "tf32"  # config.dot_precision for bf16 inputs
     for K, V, tile_k, tile_v in args.classes:
-        print(f"K={K} V={V} tiles {min(tile_k, block_sizes(K, V)[0])}x{min(tile_v, block_sizes(K, V)[1])}, "
+        full_k, full_v = block_sizes(K, V)
+        print(f"K={K} V={V} tiles {min(tile_k, full_k)}x{min(tile_v, full_v)}, "
               f"chunk {args.chunk}, {args.warps} warps, {args.dots} dots, sm_{args.arch}:")
         base = dict(H=1, K=K, V=V, BT=args.chunk, BC=SUB_CHUNK, REVERSE=False, TRANSPOSE=False,
                     GATE_LOGSIGMOID=True, PREC=prec)
-        for label, fn, bk, bv, extra in launches(K, V, tile_k, tile_v):
+        plan = launch_plan(K, V, replace(DEFAULT_CONFIG, chunk_block_k=tile_k, chunk_block_v=tile_v))
+        for label, (fn, bk, bv, extra) in plan.items():
             regs, spill = resources(fn, dict(base, BK=bk, BV=bv, **extra), args.arch, args.warps, args.stages)
             print(f"  {label:16s} [{bk:>3}, {bv:>3}] tile: {regs:3d} registers, {spill:5d} spill bytes "
                   "per thread")

@@ -13,15 +13,6 @@ gla_registers = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gla_registers)
 
 
-def test_the_plan_follows_the_launcher():
-    """One dk/dg/dv pass when a tile covers the head; a K-tiled and a V-tiled one otherwise."""
-    one = [label for label, *_ in gla_registers.launches(32, 64, 64, 64)]
-    assert one[-1] == "bwd dk dg dv" and len(one) == 5
-    split = {label: (bk, bv) for label, _, bk, bv, _ in gla_registers.launches(128, 128, 64, 64)}
-    assert split["bwd dk dg"] == (64, 128) and split["bwd dv"] == (128, 64)
-    assert split["fwd output"] == (128, 64)
-
-
 def test_bad_class_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         gla_registers.main(["32by64"])

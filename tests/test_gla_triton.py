@@ -29,6 +29,8 @@ from gla_cases import (
 )
 from helpers import TRITON_DEVICE, needs_triton_device
 from kernels.gla import chunk_gla, tuning
+from kernels.gla.chunk import launch_plan
+from kernels.gla.config import GLAConfig
 
 FP32_DG_TOLERANCE = 1e-4
 TF32_STATE_FLOOR = 1e-3
@@ -183,6 +185,15 @@ def test_narrow_state_tiles_match_naive_float64(case, tiles, monkeypatch):
     force_tiles(monkeypatch, tiles)
     device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
     check_against_reference(case, device)
+
+
+def test_the_launch_plan_tiles_the_state_where_the_sums_allow():
+    """One dk/dg/dv pass when a tile covers the head; a K-tiled and a V-tiled one otherwise."""
+    one = launch_plan(32, 64, GLAConfig())
+    assert list(one)[-1] == "bwd dk dg dv" and len(one) == 5
+    split = {step: (bk, bv) for step, (_, bk, bv, _) in launch_plan(128, 128, GLAConfig()).items()}
+    assert split["bwd dk dg"] == (64, 128) and split["bwd dv"] == (128, 64)
+    assert split["fwd output"] == (128, 64)
 
 
 @needs_triton_device

@@ -12,17 +12,12 @@ from kernels import interpreting
 from .checks import check_gla_inputs
 from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_local_state_kernel
 from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
-from .config import GLAConfig, dot_precision
+from .config import GLAConfig, block_sizes, dot_precision
 from .scan_order import grid_side, scan_flags
 from .state_scan import MAX_GROUP, chunk_state_scan_kernel
 
 SUB_CHUNK = 16  # tl.dot needs >= 16 rows; the [16, 16, K] intra-chunk decay tensor stays in registers
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def block_sizes(K: int, V: int):
-    """Power-of-two tile widths covering K and V (>= 16 for tl.dot)."""
-    return max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
 
 
 def rows_layout(x: torch.Tensor) -> tuple:
@@ -43,19 +38,33 @@ class Launch:
         self.shape = dict(H=self.H, K=self.K, V=self.V, BT=cfg.chunk_size, REVERSE=reverse,
                           TRANSPOSE=transpose, GATE_LOGSIGMOID=gate_scale is not None,
                           PREC=dot_precision(q.dtype, interpreting(), cfg.dot_operands))
-        BK, BV = block_sizes(self.K, self.V)
-        self.tile_k, self.tile_v = min(BK, cfg.chunk_block_k), min(BV, cfg.chunk_block_v)
-        self.full_k, self.full_v = BK, BV
+        self.plan = launch_plan(self.K, self.V, cfg)
 
-    def tiles(self, bk: int, bv: int) -> tuple:
-        """(grid, meta) of a chunk-parallel launch with [bk, bv] state tiles: one program per chunk,
-        (batch, head) and tile (chunk_fwd.lanes numbers the tiles)."""
+    def tiles(self, step: str) -> tuple:
+        """(grid, meta) of one step of the plan: one program per chunk, (batch, head) and state tile
+        (chunk_fwd.lanes numbers the tiles)."""
+        _, bk, bv, constants = self.plan[step]
         n_tiles = triton.cdiv(self.K, bk) * triton.cdiv(self.V, bv)
-        return (self.NT, self.B * self.H, n_tiles), dict(self.shape, BK=bk, BV=bv)
+        return (self.NT, self.B * self.H, n_tiles), dict(self.shape, BK=bk, BV=bv, **constants)
 
-    def one_pass_dkv(self) -> bool:
-        """dk, dg and dv in one backward pass: the state tile covers K and V."""
-        return self.tile_k == self.full_k and self.tile_v == self.full_v
+
+def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
+    """step -> (kernel, BK, BV, extra constants) of every chunk-parallel launch of a forward and a
+    backward, in launch order, with the [BK, BV] state tile each takes: the config's tiles, except
+    where a kernel sums over all of K (the output's and dv's scores q k^T) or of V (dq's and dk's
+    dA = do v^T). dk, dg and dv share one pass when a tile covers the state."""
+    full_k, full_v = block_sizes(K, V)
+    tile_k, tile_v = min(full_k, cfg.chunk_block_k), min(full_v, cfg.chunk_block_v)
+    plan = {"fwd local state": (gla_fwd_local_state_kernel, tile_k, tile_v, {}),
+            "fwd output": (gla_fwd_output_kernel, full_k, tile_v, {}),
+            "bwd local state": (gla_bwd_local_state_kernel, tile_k, tile_v, {}),
+            "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, {})}
+    if (tile_k, tile_v) == (full_k, full_v):
+        plan["bwd dk dg dv"] = (gla_bwd_dkv_kernel, full_k, full_v, dict(DO_DK=True, DO_DV=True))
+    else:
+        plan["bwd dk dg"] = (gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False))
+        plan["bwd dv"] = (gla_bwd_dkv_kernel, full_k, tile_v, dict(DO_DK=False, DO_DV=True))
+    return plan
 
 
 def scan_tiles(NT: int, K: int, V: int, cfg: GLAConfig) -> tuple:
@@ -85,12 +94,12 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
     o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
-    grid, meta = L.tiles(L.tile_k, L.tile_v)
+    grid, meta = L.tiles("fwd local state")
     gla_fwd_local_state_kernel[grid](
         k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, gl, L.gate_scale, L.T, L.NT, L.E,
         **meta, num_warps=cfg.chunk_warps)
     launch_state_scan(h, gl, h0, False, cfg)
-    grid, meta = L.tiles(L.full_k, L.tile_v)  # the scores q k^T take all of K
+    grid, meta = L.tiles("fwd output")
     gla_fwd_output_kernel[grid](
         q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, o, scale,
         L.gate_scale, L.T, L.NT, L.E, BC=SUB_CHUNK, **meta, num_warps=cfg.chunk_warps,
@@ -110,7 +119,7 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
                  torch.empty(v.shape, device=q.device, dtype=v.dtype),
                  torch.empty(g.shape, device=q.device, dtype=g.dtype))
     dq, dk, dv, dg = grads
-    grid, meta = L.tiles(L.tile_k, L.tile_v)
+    grid, meta = L.tiles("bwd local state")
     gla_bwd_local_state_kernel[grid](
         q, *rows_layout(q), g, *rows_layout(g), do, dh, scale, L.gate_scale, L.T, L.NT, L.E,
         **meta, num_warps=cfg.chunk_warps)
@@ -122,19 +131,15 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
     ptot = torch.empty_like(gl)
     inputs = (q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g))
     chunk_args = dict(BC=SUB_CHUNK, num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
-    grid, meta = L.tiles(L.tile_k, L.full_v)  # dA = do v^T takes all of V
+    grid, meta = L.tiles("bwd dq")
     gla_bwd_dq_kernel[grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dg_work, ptot, scale,
                             L.gate_scale, L.T, L.NT, L.E, **meta, **chunk_args)
     dkv_args = (*inputs, do, dh, dk, *rows_layout(dk), dv, *rows_layout(dv), dg, dg_work, ptot, scale,
                 L.gate_scale, L.T, L.NT, L.E)
-    if L.one_pass_dkv():
-        grid, meta = L.tiles(L.full_k, L.full_v)
-        gla_bwd_dkv_kernel[grid](*dkv_args, **meta, **chunk_args, DO_DK=True, DO_DV=True)
-    else:  # K tiles for dk and dg (they sum over V), V tiles for dv (it sums over K)
-        grid, meta = L.tiles(L.tile_k, L.full_v)
-        gla_bwd_dkv_kernel[grid](*dkv_args, **meta, **chunk_args, DO_DK=True, DO_DV=False)
-        grid, meta = L.tiles(L.full_k, L.tile_v)
-        gla_bwd_dkv_kernel[grid](*dkv_args, **meta, **chunk_args, DO_DK=False, DO_DV=True)
+    for step in ("bwd dk dg dv", "bwd dk dg", "bwd dv"):  # one pass, or K tiles then V tiles
+        if step in L.plan:
+            grid, meta = L.tiles(step)
+            gla_bwd_dkv_kernel[grid](*dkv_args, **meta, **chunk_args)
     dh0 = dh[:, 0].reshape(L.B, L.H, L.K, L.V)
     return dq, dk, dv, dg, dh0
 
