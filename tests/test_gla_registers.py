@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from kernels import interpreting
+from kernels.gla.chunk_bwd import gla_bwd_local_state_kernel
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gla_registers.py"
 spec = importlib.util.spec_from_file_location("gla_registers", SCRIPT)
@@ -25,6 +26,5 @@ def test_bad_class_is_a_usage_error(capsys):
 def test_one_kernel_compiles_for_sm90_and_reports_registers():
     constants = dict(H=1, K=16, V=16, BT=16, BK=16, BV=16, REVERSE=False, TRANSPOSE=False,
                      GATE_LOGSIGMOID=False, PREC="tf32")
-    regs, spill = gla_registers.resources(gla_registers.chunk_bwd.gla_bwd_local_state_kernel, constants,
-                                          arch=90, warps=4, stages=1)
+    regs, spill = gla_registers.resources(gla_bwd_local_state_kernel, constants, arch=90, warps=4, stages=1)
     assert 0 < regs <= 255 and spill >= 0
