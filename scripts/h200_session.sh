@@ -18,8 +18,9 @@
 #   compile   DiG's torch.compile rows at S/2 256 and 2048 px
 #   kernels   the GLA kernel benchmark (ours and fla) one head-dim class at a time, then the GLA tuning
 #   more      DiG-reference and DiG-fla eager, the rest of Fig. 2 in eager
-#   figs      Fig. 2 then Fig. 3 in all three modes, into reports/h200-figs/ (a tracked folder: commit its
-#             CSV after each session and the next one's sweep goes on where this one stopped)
+#   figs      Fig. 2 then Fig. 3 in all three modes (DiG-fla in eager), into reports/h200-figs/ (a tracked
+#             folder: commit its CSV after each session and the next one's sweep goes on where this one
+#             stopped), once the builds started by `builds` have ended
 # Results: .results/h200/ (kept while the machine stays warm), copied to $OUT at the end of every call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ python_path() {
 
 phase_builds() {
     if [ -f .build/builds.started ]; then echo "builds already started"; return; fi
-    touch .build/builds.started
+    echo "${BUILDS:-flash_attn causal_conv1d mamba}" > .build/builds.started
     BUILDS=${BUILDS:-flash_attn causal_conv1d mamba} setsid nohup bash -c '
         for name in $BUILDS; do
             start=$(date +%s)
@@ -126,15 +127,33 @@ phase_more() {
     sweep --models DiG DiT-cuDNN Flash-DiT DiT DiS --sizes S --resolutions 768 1280 1536 1792 --batch 4 --exec eager
 }
 
+wait_for_builds() {  # a baseline measured before its build lands would run a stand-in (SDPA flash, no
+    # causal-conv1d kernel) under its own name, with status ok, and the resume would keep it
+    while [ -f .build/builds.started ] \
+          && [ "$(cat .build/builds.log 2>/dev/null | wc -l)" -lt "$(wc -w < .build/builds.started)" ] \
+          && [ "$(left)" -gt 200 ]; do
+        sleep 10
+    done
+    cat .build/builds.log 2>/dev/null
+}
+
 phase_figs() {
+    # DiG-fla in eager only (the issue: "DiG-fla eager is enough"), every other family in all three modes
     local figs=reports/h200-figs budget
     mkdir -p "$figs"
+    wait_for_builds
+    local families="DiT DiT-cuDNN DiG"
+    if [ -f .build/flash_attn.ok ]; then families="$families Flash-DiT"; else echo "figs without Flash-DiT: no flash-attn build"; fi
+    if [ -f .build/causal_conv1d.ok ] && [ -f .build/mamba.ok ]; then families="$families DiS"
+    else echo "figs without DiS: no causal-conv1d + mamba build"; fi
     for fig in fig2 fig3; do
-        budget=$(( $(left) - 150 ))
-        if [ "$budget" -le 0 ]; then echo "no time left for $fig"; break; fi
-        python3 bench.py "$fig" --out "$figs" --time-budget "$budget" --timeout 300 --no-progress \
-            --exec eager graph compile 2>&1 | grep -v "running for" | tail -8
-        cp "$figs"/*.csv "$OUT"/ 2>/dev/null
+        for job in "$families:eager graph compile" "DiG-fla:eager"; do
+            budget=$(( $(left) - 150 ))
+            if [ "$budget" -le 0 ]; then echo "no time left for $fig"; break 2; fi
+            python3 bench.py "$fig" --out "$figs" --time-budget "$budget" --timeout 300 --no-progress \
+                --models ${job%%:*} --exec ${job##*:} 2>&1 | grep -v "running for" | tail -8
+            cp "$figs"/*.csv "$OUT"/ 2>/dev/null
+        done
     done
 }
 
