@@ -5,6 +5,7 @@ to end, and the README main command on CPU (needs the real models)."""
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -239,16 +240,32 @@ def models_import_error():
 MODELS_IMPORT_ERROR = models_import_error()
 
 
+SUMMARY = re.compile(r"models\.csv: (\d+) measured, (\d+) already there(?:, (\d+) left \(time budget)?")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(MODELS_IMPORT_ERROR is not None,
                     reason=f"the main job needs the real models; import models fails: {MODELS_IMPORT_ERROR}")
 def test_readme_main_command_on_cpu(tmp_path):
-    """`python bench.py` without a GPU: every point of the CPU grid, its figure and report, in one run."""
-    run = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--out", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-2000:]
+    """`python bench.py` without a GPU: every point of the CPU grid, its figure and report.
+
+    On 2 idle cores the grid takes ~70 s and one run measures it all; on a loaded machine (a CI run
+    took 2x as long) the 110 s budget leaves points, and the summary line says to run again, which
+    must measure exactly those and keep the rest. Three runs at most: each measures at least one."""
     planned = sum(len(resolutions) for resolutions in CPU_GRID.values())
-    assert f"{planned} measured, 0 already there\n" in run.stdout, run.stdout
+    done = 0
+    for _ in range(3):
+        run = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--out", str(tmp_path)],
+                             cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-2000:]
+        summary = SUMMARY.search(run.stdout)
+        assert summary, run.stdout
+        measured, kept, left = (int(group or 0) for group in summary.groups())
+        assert kept == done and measured >= 1 and done + measured + left == planned, run.stdout
+        done += measured
+        if not left:
+            break
+    assert done == planned, f"{planned - done} points left after three runs"
     report = (tmp_path / "REPORT.md").read_text()
     assert "(CPU run: CPU numbers, not GPU numbers)" in report
     assert (tmp_path / "fig2.png").exists()
