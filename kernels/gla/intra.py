@@ -66,6 +66,17 @@ def row_of(b_x, j, BC: tl.constexpr):
 
 
 @triton.jit
+def gate_total(b_gc, BT: tl.constexpr):
+    """[BK] sum of the gates of a [BT, BK] tile, read off the last row of their cumsum b_gc (rows
+    past the sequence hold gate 0), not summed again. exp(total - G_last) must be exactly 1, but on
+    the GPU tl.sum and tl.cumsum add in different orders: with gates of -20 the two totals of 64
+    tokens (~-1300, ulp 1.2e-4) differed by a few ulps, and the fp32 final state came out 8.8e-5
+    off (H200, test_triton_matches_naive_float64, very_negative, fp32; tolerance 1e-5). The
+    interpreter adds both row by row, so it never showed there."""
+    return row_of(b_gc, BT - 1, BT)
+
+
+@triton.jit
 def fast_path_ok(b_gc, b_glast, BC: tl.constexpr):
     """Scalar: the gate range of this sub-chunk lets the factored dot path stay finite."""
     return tl.max(row_of(b_gc, 0, BC) - b_glast, axis=0) < SAFE_GATE_RANGE
