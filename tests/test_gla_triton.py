@@ -14,6 +14,7 @@ bf16 dot operands (GLAConfig.dot_operands = "bf16"): wider bounds, measured, see
 import dataclasses
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,42 @@ def test_triton_matches_naive_float64(case):
     assert torch.empty(4).isnan().all()  # tests/conftest.py: buffers the kernels do not write stay NaN
     device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
     check_against_reference(case, device)
+
+
+def tree_order_sum(reduce_op, input):
+    """The interpreter's tl.sum with the halves of the axis added pairwise, the way a GPU's shuffle
+    reduction orders the additions, instead of numpy's row-by-row sum (the order the interpreter's
+    tl.cumsum uses too)."""
+    x = np.moveaxis(input.handle.data, 0 if reduce_op.axis is None else reduce_op.axis, 0)
+    if reduce_op.axis is None:
+        x = x.reshape(-1)
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        x = np.concatenate([x[:half] + x[half:2 * half], x[2 * half:]])
+    out = x[0]
+    if reduce_op.keep_dims:
+        out = np.expand_dims(out, reduce_op.axis or 0)
+    return reduce_op.to_tensor(out, input.dtype)
+
+
+# fp32 with gates of -20: the chunk's gate total must be exactly the last row of its cumsum, or
+# exp(total - G_last) is no longer 1. With tl.sum in tree order the totals computed by a second
+# sum put 1.8e-4 and 6.8e-5 into ht (the H200 measured 8.8e-5 and 4.2e-5 on these two cases),
+# which the interpreter's row-order tl.sum hid; the last-row totals give 2.6e-8.
+TREE_SUM_CASES = [
+    (3, 64, 1, 16, 24, 64, True, False, "very_negative", torch.float32),
+    (1, 100, 2, 24, 40, 64, True, True, "very_negative", torch.float32),
+    (2, 200, 1, 32, 64, 128, False, True, "half_extreme", torch.float32),
+]
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="reorders the interpreter's sums (compiled: their own order)")
+@pytest.mark.parametrize("case", TREE_SUM_CASES, ids=[case_id(c) for c in TREE_SUM_CASES])
+def test_fp32_matches_naive_float64_with_tree_order_sums(case, monkeypatch):
+    from triton.runtime import interpreter
+
+    monkeypatch.setattr(interpreter.ReduceOps, "sum", tree_order_sum)
+    check_against_reference(case, "cpu")
 
 
 # bf16 dot operands in DiG's head-dim class, 64 x 64 and one not a power of two; reversed, with an
