@@ -146,8 +146,7 @@ def test_triton_matches_naive_float64(case):
 
 def tree_order_sum(reduce_op, input):
     """The interpreter's tl.sum with the halves of the axis added pairwise, the way a GPU's shuffle
-    reduction orders the additions, instead of numpy's row-by-row sum (the order the interpreter's
-    tl.cumsum uses too)."""
+    reduction orders the additions, instead of numpy's row-by-row sum."""
     x = np.moveaxis(input.handle.data, 0 if reduce_op.axis is None else reduce_op.axis, 0)
     if reduce_op.axis is None:
         x = x.reshape(-1)
@@ -160,11 +159,25 @@ def tree_order_sum(reduce_op, input):
     return reduce_op.to_tensor(out, input.dtype)
 
 
-# fp32 with gates of -20: the chunk's gate total must be exactly the last row of its cumsum, or
-# exp(total - G_last) is no longer 1. With tl.sum in tree order the totals computed by a second
-# sum put 1.8e-4 and 6.8e-5 into ht (the H200 measured 8.8e-5 and 4.2e-5 on these two cases),
-# which the interpreter's row-order tl.sum hid; the last-row totals give 2.6e-8.
-TREE_SUM_CASES = [
+def parallel_order_cumsum(scan_op, input):
+    """The interpreter's tl.cumsum as a Hillis-Steele scan (row i adds row i - 1, then i - 2, i - 4,
+    ...), a parallel scan's order, instead of numpy's running sum: row i no longer equals row i - 1
+    plus x_i exactly, and the last row of a tile need not equal its last non-zero row."""
+    x = np.moveaxis(input.handle.data, scan_op.axis, 0)
+    offset = 1
+    while offset < x.shape[0]:
+        x = np.concatenate([x[:offset], x[offset:] + x[:-offset]])
+        offset *= 2
+    return [scan_op.to_tensor(np.moveaxis(x, 0, scan_op.axis), dtype=input.dtype)]
+
+
+# fp32 with gates of -20: a tile's gate total must be exactly its cumsum at the last token, or
+# exp(total - G_last) is no longer 1. With the interpreter's sums and scans in parallel order, the
+# kernels before ecf9687 (totals from a second tl.sum) put 4.7e-5 and 3.2e-5 into ht of the first
+# two cases (the H200 measured 8.8e-5 and 4.2e-5 there), and ecf9687 (the cumsum's last row, past
+# the sequence's end at T=100, chunk 64) 4.7e-5 into the second; the last in-sequence row gives
+# 2.6e-8. The interpreter's own row-by-row order hides all of it.
+GPU_ORDER_CASES = [
     (3, 64, 1, 16, 24, 64, True, False, "very_negative", torch.float32),
     (1, 100, 2, 24, 40, 64, True, True, "very_negative", torch.float32),
     (2, 200, 1, 32, 64, 128, False, True, "half_extreme", torch.float32),
@@ -172,11 +185,12 @@ TREE_SUM_CASES = [
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="reorders the interpreter's sums (compiled: their own order)")
-@pytest.mark.parametrize("case", TREE_SUM_CASES, ids=[case_id(c) for c in TREE_SUM_CASES])
-def test_fp32_matches_naive_float64_with_tree_order_sums(case, monkeypatch):
+@pytest.mark.parametrize("case", GPU_ORDER_CASES, ids=[case_id(c) for c in GPU_ORDER_CASES])
+def test_fp32_matches_naive_float64_with_parallel_order_sums(case, monkeypatch):
     from triton.runtime import interpreter
 
     monkeypatch.setattr(interpreter.ReduceOps, "sum", tree_order_sum)
+    monkeypatch.setattr(interpreter.ScanOps, "cumsum", parallel_order_cumsum)
     check_against_reference(case, "cpu")
 
 

@@ -98,7 +98,7 @@ def gla_bwd_dq_kernel(
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
-        b_glast = gate_total(b_gc, BC)
+        b_glast = gate_total(b_gc, m_t, BC)
         b_dA = tl.where(m_causal, mma(b_do, tl.trans(b_v), PREC) * scale, 0.0)
         b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)  # [BC]
         fast = fast_path_ok(b_gc, b_glast, BC)
@@ -163,7 +163,7 @@ def gla_bwd_dkv_kernel(
         b_g = tl.where(m_tk, log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale), 0.0)
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
-        b_glast = gate_total(b_gc, BC)
+        b_glast = gate_total(b_gc, m_t, BC)
         b_ds_ext = b_dh_end * tl.exp(b_gsuf)[:, None]
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_kdecay = tl.exp(b_glast[None, :] - b_gc)  # [BC, BK]

@@ -114,7 +114,7 @@ def gla_fwd_local_state_kernel(
     b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(b_g, GATE_LOGSIGMOID, gate_scale), 0.0)
     b_v = load_rows(v + head_offset(i_bh, H, v_sb, V), o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
     b_gc = tl.cumsum(b_g, axis=0)
-    b_glast = gate_total(b_gc, BT)  # [BK]
+    b_glast = gate_total(b_gc, m_t, BT)  # [BK]
     b_d = mma(tl.trans(b_k * tl.exp(b_glast[None, :] - b_gc)), b_v, PREC)
     p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V
     tl.store(p_h + o_k[:, None] * V + o_v[None, :], b_d, mask=m_k[:, None] & m_v[None, :])
@@ -148,7 +148,7 @@ def gla_fwd_output_kernel(
                                              gate_scale), 0.0)  # [BC, BK]
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_gc = tl.cumsum(b_g, axis=0)
-        b_glast = gate_total(b_gc, BC)
+        b_glast = gate_total(b_gc, m_t, BC)
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC)  # [BC, BC]
         b_o = mma(b_q * tl.exp(b_gc), b_s, PREC)

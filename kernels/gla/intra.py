@@ -66,14 +66,16 @@ def row_of(b_x, j, BC: tl.constexpr):
 
 
 @triton.jit
-def gate_total(b_gc, BT: tl.constexpr):
-    """[BK] sum of the gates of a [BT, BK] tile, read off the last row of their cumsum b_gc (rows
-    past the sequence hold gate 0), not summed again. exp(total - G_last) must be exactly 1, but on
-    the GPU tl.sum and tl.cumsum add in different orders: with gates of -20 the two totals of 64
-    tokens (~-1300, ulp 1.2e-4) differed by a few ulps, and the fp32 final state came out 8.8e-5
-    off (H200, test_triton_matches_naive_float64, very_negative, fp32; tolerance 1e-5). The
-    interpreter adds both row by row, so it never showed there."""
-    return row_of(b_gc, BT - 1, BT)
+def gate_total(b_gc, m_t, BT: tl.constexpr):
+    """[BK] sum of the gates of a [BT, BK] tile, read off its cumsum b_gc at the last row inside the
+    sequence (m_t, a prefix of the rows; rows past it hold gate 0), not summed again, so that
+    exp(total - G_last) is exactly 1. On the GPU tl.sum and tl.cumsum add in different orders, and a
+    parallel scan's last row need not equal its last non-zero row either: with gates of -20 the
+    totals of 64 tokens (~-1300, ulp 1.2e-4) differ by a few ulps, and the fp32 final state came out
+    8.8e-5 off (H200, test_triton_matches_naive_float64, very_negative, fp32; tolerance 1e-5). The
+    interpreter adds row by row; tests/test_gla_triton.py reorders its sums and scans to check this."""
+    i_last = tl.maximum(tl.sum(m_t.to(tl.int32), axis=0) - 1, 0)
+    return row_of(b_gc, i_last, BT)
 
 
 @triton.jit
