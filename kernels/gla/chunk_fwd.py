@@ -26,7 +26,14 @@ gate_scale, computed in fp32 as each tile is loaded.
 import triton
 import triton.language as tl
 
-from .intra import decayed_scores, fast_path_ok, gate_total, mma, round_to_bf16_nearest_even, sub_chunk_masks
+from .intra import (
+    decay_to_end,
+    decayed_scores,
+    fast_path_ok,
+    mma,
+    round_to_bf16_nearest_even,
+    sub_chunk_masks,
+)
 
 
 @triton.jit
@@ -113,9 +120,8 @@ def gla_fwd_local_state_kernel(
     b_g = load_rows(g + head_offset(i_bh, H, g_sb, K), o_t, m_t, o_k, m_k, g_st)  # [BT, BK]
     b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(b_g, GATE_LOGSIGMOID, gate_scale), 0.0)
     b_v = load_rows(v + head_offset(i_bh, H, v_sb, V), o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
-    b_gc = tl.cumsum(b_g, axis=0)
-    b_glast = gate_total(b_gc, m_t, BT)  # [BK]
-    b_d = mma(tl.trans(b_k * tl.exp(b_glast[None, :] - b_gc)), b_v, PREC)
+    b_glast = tl.sum(b_g, axis=0)  # [BK]
+    b_d = mma(tl.trans(b_k * decay_to_end(b_g)), b_v, PREC)
     p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V
     tl.store(p_h + o_k[:, None] * V + o_v[None, :], b_d, mask=m_k[:, None] & m_v[None, :])
     first_v_tile = tl.program_id(2) < (K + BK - 1) // BK  # gl once per K lane
@@ -148,11 +154,11 @@ def gla_fwd_output_kernel(
                                              gate_scale), 0.0)  # [BC, BK]
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_gc = tl.cumsum(b_g, axis=0)
-        b_glast = gate_total(b_gc, m_t, BC)
+        b_glast = tl.sum(b_g, axis=0)
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC)  # [BC, BC]
         b_o = mma(b_q * tl.exp(b_gc), b_s, PREC)
         b_o += mma(b_A, b_v, PREC)
         store_rows(p_o, b_o * scale, o_t, m_t, o_v, m_v, H * V)
-        b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
+        b_kd = b_k * decay_to_end(b_g)
         b_s = b_s * tl.exp(b_glast)[:, None] + mma(tl.trans(b_kd), b_v, PREC)

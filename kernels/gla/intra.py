@@ -66,16 +66,17 @@ def row_of(b_x, j, BC: tl.constexpr):
 
 
 @triton.jit
-def gate_total(b_gc, m_t, BT: tl.constexpr):
-    """[BK] sum of the gates of a [BT, BK] tile, read off its cumsum b_gc at the last row inside the
-    sequence (m_t, a prefix of the rows; rows past it hold gate 0), not summed again, so that
-    exp(total - G_last) is exactly 1. On the GPU tl.sum and tl.cumsum add in different orders, and a
-    parallel scan's last row need not equal its last non-zero row either: with gates of -20 the
-    totals of 64 tokens (~-1300, ulp 1.2e-4) differ by a few ulps, and the fp32 final state came out
-    8.8e-5 off (H200, test_triton_matches_naive_float64, very_negative, fp32; tolerance 1e-5). The
-    interpreter adds row by row; tests/test_gla_triton.py reorders its sums and scans to check this."""
-    i_last = tl.maximum(tl.sum(m_t.to(tl.int32), axis=0) - 1, 0)
-    return row_of(b_gc, i_last, BT)
+def decay_to_end(b_g):
+    """[BT, BK] exp(sum_{i>j} g_i), the decay from token j to the end of a [BT, BK] tile of gates
+    (rows past the sequence hold 0), as exp(R_j - g_j) with R the reverse cumsum: at the last token
+    inside the sequence R_j is g_j itself in any addition order (only exact zeros are added to it),
+    so its decay is exactly 1, an empty product. Formed as exp(total - G_j) with G the cumsum and
+    total a sum, it was exp(x - x) of two sums that the GPU adds in different orders: with gates of
+    -20 the total of 64 tokens is ~-1300 (ulp 1.2e-4), and that token's k v^T, which dominates the
+    state, came out a few ulps of the exponent off: the fp32 final state 8.8e-5 (H200,
+    test_triton_matches_naive_float64, very_negative, fp32; tolerance 1e-5). The interpreter adds
+    row by row and hid it: tests/test_gla_triton.py reorders its sums and scans to check this."""
+    return tl.exp(tl.cumsum(b_g, axis=0, reverse=True) - b_g)
 
 
 @triton.jit
