@@ -1,9 +1,11 @@
 """Triton chunked GLA against the float64 naive recurrence (CPU: Triton interpreter; GPU: H200).
 
 Tolerances: fp32 inputs 1e-5 (fp32 round-off over sums of <= 200 terms stays near 1e-7; the
-margin covers the different summation order), except dg: 1e-4, because dg_t sums the terms of
-all later tokens as a difference of two suffix sums over the chunk, each up to chunk-size times
-larger than the result when gates are -20 (measured 5e-5 at chunk 64; 1e-7 for DiG-like gates).
+margin covers the different summation order), except dg: 1e-4 per 64 tokens of chunk, because
+dg_t sums the terms of all later tokens as a difference of two suffix sums over the chunk, each up
+to chunk-size times larger than the result when gates are -20 (B2 T128 K16 V24, three seeds:
+3.1e-5..7.7e-5 at chunk 64, 1.1e-4..1.3e-4 at 128; 1e-7 for DiG-like gates; chunk_gla_torch,
+whose exponents all start at a block boundary, 1e-7 even there).
 fp16/bf16 inputs: twice the error of the naive recurrence run on the same low-precision inputs
 (tests/gla_cases.py), the FlashAttention rule; on the GPU the kernels multiply bf16 inputs' fp32
 intermediates in tf32 (kernels/gla/config.py), whose 2**-11 operand rounding shows in the fp32
@@ -31,9 +33,9 @@ from gla_cases import (
 from helpers import TRITON_DEVICE, needs_triton_device
 from kernels.gla import chunk_gla, tuning
 from kernels.gla.chunk import launch_plan
-from kernels.gla.config import GLAConfig
+from kernels.gla.config import CHUNK_SIZES, GLAConfig
 
-FP32_DG_TOLERANCE = 1e-4
+FP32_DG_TOLERANCE_PER_64 = 1e-4
 TF32_STATE_FLOOR = 1e-3
 # bf16 dot operands: the naive error e (1.7e-3) is one bf16 rounding of the result, and the dots
 # round each operand once more by as much (rms 1.7e-3, at most 2**-8), o = (q exp G) S + A v three
@@ -53,6 +55,7 @@ CPU_CASES = [
     (2, 15, 3, 24, 48, 16, True, True, "mixed", torch.float32),
     (1, 63, 2, 32, 64, 32, False, True, "near_zero", torch.float32),
     (3, 64, 1, 16, 24, 64, True, False, "very_negative", torch.float32),
+    (2, 128, 1, 16, 24, 128, False, False, "very_negative", torch.float32),  # the default chunk
     (1, 65, 2, 100, 24, 64, False, True, "mixed", torch.float32),
     (2, 200, 1, 32, 64, 128, False, True, "half_extreme", torch.float32),
     (1, 200, 1, 64, 100, 32, True, True, "mixed", torch.float32),
@@ -105,7 +108,7 @@ def check_against_reference(case, device, seed=0, bf16_dots=False):
     ref = reference(inputs, reverse)
     out = run_impl(chunk_gla, inputs, reverse, chunk_size=chunk)
     if dtype == torch.float32:
-        tolerances = {**{name: FP32_TOLERANCE for name in RESULT_NAMES}, "dg": FP32_DG_TOLERANCE}
+        tolerances = {**{name: FP32_TOLERANCE for name in RESULT_NAMES}, "dg": fp32_dg_tolerance(chunk)}
     elif bf16_dots:
         tolerances = bf16_dot_tolerances(low_precision_tolerances(inputs, reverse, ref))
     else:
@@ -115,6 +118,11 @@ def check_against_reference(case, device, seed=0, bf16_dots=False):
                 if name in tolerances:
                     tolerances[name] = max(tolerances[name], TF32_STATE_FLOOR)
     assert_matches(out, ref, tolerances)
+
+
+def fp32_dg_tolerance(chunk):
+    """FP32_DG_TOLERANCE_PER_64 scaled to the chunk (None: the largest a tuned config may pick)."""
+    return FP32_DG_TOLERANCE_PER_64 * max(1, (chunk or max(CHUNK_SIZES)) / 64)
 
 
 def bf16_dot_tolerances(two_naive: dict) -> dict:
