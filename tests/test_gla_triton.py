@@ -179,12 +179,12 @@ def parallel_order_cumsum(scan_op, input):
     return [scan_op.to_tensor(np.moveaxis(x, 0, scan_op.axis), dtype=input.dtype)]
 
 
-# fp32 with gates of -20: a tile's gate total must be exactly its cumsum at the last token, or
-# exp(total - G_last) is no longer 1. With the interpreter's sums and scans in parallel order, the
-# kernels before ecf9687 (totals from a second tl.sum) put 4.7e-5 and 3.2e-5 into ht of the first
+# fp32 with gates of -20: the decay from a tile's last token to its end must be exactly 1, or that
+# token's k v^T, which dominates the state, is off. With the interpreter's sums and scans in parallel
+# order, the kernels before ecf9687 (exp(sum - cumsum)) put 4.7e-5 and 3.2e-5 into ht of the first
 # two cases (the H200 measured 8.8e-5 and 4.2e-5 there), and ecf9687 (the cumsum's last row, past
-# the sequence's end at T=100, chunk 64) 4.7e-5 into the second; the last in-sequence row gives
-# 2.6e-8. The interpreter's own row-by-row order hides all of it.
+# the sequence's end at T=100, chunk 64) 4.7e-5 into the second; exp(reverse cumsum - g)
+# (intra.decay_to_end) gives 2.6e-8. The interpreter's own row-by-row order hides all of it.
 GPU_ORDER_CASES = [
     (3, 64, 1, 16, 24, 64, True, False, "very_negative", torch.float32),
     (1, 100, 2, 24, 40, 64, True, True, "very_negative", torch.float32),
