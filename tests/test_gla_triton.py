@@ -155,15 +155,14 @@ def test_triton_matches_naive_float64(case):
 def tree_order_sum(reduce_op, input):
     """The interpreter's tl.sum with the halves of the axis added pairwise, the way a GPU's shuffle
     reduction orders the additions, instead of numpy's row-by-row sum."""
-    x = np.moveaxis(input.handle.data, 0 if reduce_op.axis is None else reduce_op.axis, 0)
-    if reduce_op.axis is None:
-        x = x.reshape(-1)
+    data, axis = input.handle.data, reduce_op.axis
+    x = data.reshape(-1) if axis is None else np.moveaxis(data, axis, 0)
     while x.shape[0] > 1:
         half = x.shape[0] // 2
         x = np.concatenate([x[:half] + x[half:2 * half], x[2 * half:]])
     out = x[0]
-    if reduce_op.keep_dims:
-        out = np.expand_dims(out, reduce_op.axis or 0)
+    if reduce_op.keep_dims:  # the reduced axis (all of them for axis=None) kept with length 1
+        out = out.reshape((1,) * data.ndim) if axis is None else np.expand_dims(out, axis)
     return reduce_op.to_tensor(out, input.dtype)
 
 
