@@ -4,7 +4,11 @@ NaN-filling (as fla's tests do) makes code that reads memory it never wrote fail
 passing by luck on whatever the allocator returned (often zeros on a fresh CPU page).
 """
 
+import fcntl
 import functools
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +50,27 @@ def nan_filled_empty_tensors(monkeypatch):
     """NaN-filling torch.empty* for one test; undone after it."""
     nan_fill_empty_factories(monkeypatch.setattr)
     yield
+
+
+# One lock file for every pytest-xdist worker of this user on this machine
+GPU_MEMORY_LOCK = Path(tempfile.gettempdir()) / f"dig-tests-gpu-memory-{os.getuid()}.lock"
+
+
+@pytest.fixture(autouse=True)
+def gpu_memory_shared_fairly(request):
+    """GPU tests under pytest-xdist (the README's -n 8) share one GPU. Those marked gpu_memory hold
+    an exclusive lock while they run, so no two of them overlap, and every GPU test hands its cached
+    blocks back to the driver when it ends: on the H200, 8 workers holding what their last tests had
+    cached (49, 29, 23 and 19 GiB among them) ran U-DiG-XL/2's step out of memory (2026-12-02)."""
+    if "gpu" not in request.keywords or not torch.cuda.is_available():
+        yield
+        return
+    with open(GPU_MEMORY_LOCK, "a") as lock:
+        if request.node.get_closest_marker("gpu_memory"):
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -98,7 +98,11 @@ def test_triton_follows_the_scan_order(scan_order, gate_normalizer):
 @needs_triton_device
 def test_triton_reads_column_slices_of_a_wide_tensor():
     """q, k, v, g as column slices of one [B, T, W] tensor (a fused projection's output) give the
-    contiguous inputs' results exactly, and the gradient lands in the wide tensor's slices."""
+    contiguous inputs' results, and the gradient lands in the wide tensor's slices. Exactly under the
+    interpreter; compiled, o was not bit for bit equal (H200, 2026-12-02; presumably a token stride
+    of 167 elements rules out aligned vector loads, Triton lays the tiles out otherwise and the
+    cross-thread sums and scans add in another order), so there the two agree within the fp32
+    suite's bound against float64 (each side is within FP32_TOLERANCE of it)."""
     B, T, H, K, V = 2, 25, 2, 16, 32
     inputs = gate_logit_inputs(T, K, V, 3, DEVICE)
     widths = (H * K, H * K, H * V, 7, H * K)  # q, k, v, an unused column block, g
@@ -112,10 +116,11 @@ def test_triton_reads_column_slices_of_a_wide_tensor():
                       chunk_size=16)
     ((o * inputs["do"]).sum() + (ht * inputs["dht"]).sum()).backward()
     out = run(chunk_gla, inputs, "column", 16.0, chunk_size=16)
-    assert torch.equal(o, out["o"])
+    tolerance = 0.0 if interpreting() else FP32_TOLERANCE
+    assert_close_rel("o", o, out["o"], tolerance)
     grad_q, grad_k, grad_v, grad_unused, grad_g = wide.grad.split(widths, dim=-1)
     for name, grad in (("dq", grad_q), ("dk", grad_k), ("dv", grad_v), ("dg", grad_g)):
-        assert torch.allclose(grad, out[name].flatten(2), rtol=1e-6, atol=1e-6), name
+        assert_close_rel(name, grad, out[name].flatten(2), tolerance)
     assert torch.equal(grad_unused, torch.zeros_like(grad_unused))
 
 

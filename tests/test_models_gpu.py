@@ -52,7 +52,13 @@ SIZES_AT_PATCH_2 = sorted(name for name in MODELS if name.endswith("/2") and not
 SIZES_AT_PATCH_2 += ["U-DiG-S/1"]
 
 
-@pytest.mark.parametrize("name", SIZES_AT_PATCH_2)
+# L and XL hold over 10 GiB each (XL: 675M parameters, 16 bytes each with fp32 AdamW states and
+# gradients): one at a time under xdist (tests/conftest.py)
+LARGE = pytest.mark.gpu_memory
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=LARGE) if "XL/" in name or "-L/" in name else name
+                                  for name in SIZES_AT_PATCH_2])
 def test_every_model_trains_with_its_default_backend(name):
     model = build(name)
     print(f"{name}: {model.backend_description}")

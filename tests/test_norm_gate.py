@@ -95,7 +95,8 @@ def test_gate_read_and_written_through_its_token_stride():
     """The op reads a gate that is a column slice of a wider [N, T, W] tensor (the GLA layer's fused
     projection) and its gradient matches the contiguous gate's exactly."""
     o, gate, weight, dy = make_inputs((2, 5, 3, 64), torch.float32, seed=2)
-    wide = torch.cat([torch.randn(2, 5, 7), gate.flatten(2), torch.randn(2, 5, 9)], dim=-1)
+    wide = torch.cat([torch.randn(2, 5, 7, device=gate.device), gate.flatten(2),
+                      torch.randn(2, 5, 9, device=gate.device)], dim=-1)
     strided_gate = wide[..., 7:7 + 192].unflatten(-1, (3, 64))
     assert not strided_gate.is_contiguous()
     y_strided, rstd = torch.ops.dig.norm_gate_fwd(o, strided_gate, weight, 1e-6)

@@ -19,12 +19,12 @@ import triton.language as tl
 
 from .chunk_fwd import head_offset, lanes, load_rows, load_state, log_forget_gate, scan_rows, store_rows
 from .intra import (
-    decay_to_end,
     decayed_cols,
     decayed_rows,
     decayed_scores,
     exclusive_cumsum,
     fast_path_ok,
+    gate_total_at_last_token,
     mma,
     sub_chunk_masks,
 )
@@ -98,7 +98,7 @@ def gla_bwd_dq_kernel(
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
-        b_glast = tl.sum(b_g, axis=0)
+        b_glast = gate_total_at_last_token(b_gc, i_c * BT + i_s * BC, T, BC)
         b_dA = tl.where(m_causal, mma(b_do, tl.trans(b_v), PREC) * scale, 0.0)
         b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)  # [BC]
         fast = fast_path_ok(b_gc, b_glast, BC)
@@ -114,7 +114,7 @@ def gla_bwd_dq_kernel(
         b_ext += tl.sum(b_u, axis=0)
         b_ppre += tl.sum(b_p, axis=0)
         b_gpre += b_glast
-        b_kd = b_k * decay_to_end(b_g)
+        b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
         b_s = b_s * tl.exp(b_glast)[:, None] + mma(tl.trans(b_kd), b_v, PREC)
     tl.store(ptot + p_chunk_k, b_ppre, mask=m_k)
 
@@ -163,10 +163,10 @@ def gla_bwd_dkv_kernel(
         b_g = tl.where(m_tk, log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale), 0.0)
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
-        b_glast = tl.sum(b_g, axis=0)
+        b_glast = gate_total_at_last_token(b_gc, i_c * BT + i_s * BC, T, BC)
         b_ds_ext = b_dh_end * tl.exp(b_gsuf)[:, None]
         fast = fast_path_ok(b_gc, b_glast, BC)
-        b_kdecay = decay_to_end(b_g)  # [BC, BK]
+        b_kdecay = tl.exp(b_glast[None, :] - b_gc)  # [BC, BK]
         if DO_DV:
             b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC) * scale  # [BC, BC]
             b_dv = mma(tl.trans(b_A), b_do, PREC)

@@ -30,6 +30,7 @@ from .intra import (
     decay_to_end,
     decayed_scores,
     fast_path_ok,
+    gate_total_at_last_token,
     mma,
     round_to_bf16_nearest_even,
     sub_chunk_masks,
@@ -154,11 +155,11 @@ def gla_fwd_output_kernel(
                                              gate_scale), 0.0)  # [BC, BK]
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_gc = tl.cumsum(b_g, axis=0)
-        b_glast = tl.sum(b_g, axis=0)
+        b_glast = gate_total_at_last_token(b_gc, i_c * BT + i_s * BC, T, BC)
         fast = fast_path_ok(b_gc, b_glast, BC)
         b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC)  # [BC, BC]
         b_o = mma(b_q * tl.exp(b_gc), b_s, PREC)
         b_o += mma(b_A, b_v, PREC)
         store_rows(p_o, b_o * scale, o_t, m_t, o_v, m_v, H * V)
-        b_kd = b_k * decay_to_end(b_g)
+        b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
         b_s = b_s * tl.exp(b_glast)[:, None] + mma(tl.trans(b_kd), b_v, PREC)

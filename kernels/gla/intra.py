@@ -75,8 +75,22 @@ def decay_to_end(b_g):
     -20 the total of 64 tokens is ~-1300 (ulp 1.2e-4), and that token's k v^T, which dominates the
     state, came out a few ulps of the exponent off: the fp32 final state 8.8e-5 (H200,
     test_triton_matches_naive_float64, very_negative, fp32; tolerance 1e-5). The interpreter adds
-    row by row and hid it: tests/test_gla_triton.py reorders its sums and scans to check this."""
+    row by row and hid it: tests/test_gla_triton.py reorders its sums and scans to check this.
+    For the whole-chunk local-state kernel, which needs no forward cumsum: the sub-chunk walks, which
+    do, use gate_total_at_last_token instead (a second scan there cost 11-21%)."""
     return tl.exp(tl.cumsum(b_g, axis=0, reverse=True) - b_g)
+
+
+@triton.jit
+def gate_total_at_last_token(b_gc, i_start, T, BC: tl.constexpr):
+    """[BK] gate total of the sub-chunk of scan positions [i_start, i_start + BC), read off its
+    cumsum b_gc at its last position inside the sequence (positions >= T hold gate 0), so that the
+    decay exp(total - G_j) is exactly 1 at that token whatever order the GPU's scan adds in (see
+    decay_to_end). A masked row sum, the cost of the plain tl.sum it replaces; the reverse cumsum of
+    decay_to_end, a second scan per sub-chunk, made the H200's forward 21% and forward + backward
+    13% slower at K=32, V=64 (2026-12-02: 0.484 -> 0.588 ms and 2.18 -> 2.47 ms, B*T=131072, H=6)."""
+    i_last = tl.minimum(tl.maximum(T - i_start, 1), BC) - 1
+    return row_of(b_gc, i_last, BC)
 
 
 @triton.jit
