@@ -86,9 +86,10 @@ def gate_total_at_last_token(b_gc, i_start, T, BC: tl.constexpr):
     """[BK] gate total of the sub-chunk of scan positions [i_start, i_start + BC), read off its
     cumsum b_gc at its last position inside the sequence (positions >= T hold gate 0), so that the
     decay exp(total - G_j) is exactly 1 at that token whatever order the GPU's scan adds in (see
-    decay_to_end). A masked row sum, the cost of the plain tl.sum it replaces; the reverse cumsum of
-    decay_to_end, a second scan per sub-chunk, made the H200's forward 21% and forward + backward
-    13% slower at K=32, V=64 (2026-12-02: 0.484 -> 0.588 ms and 2.18 -> 2.47 ms, B*T=131072, H=6)."""
+    decay_to_end). One masked row reduction in place of the plain tl.sum; the reverse cumsum of
+    decay_to_end, a second scan per sub-chunk, had made the H200's forward + backward 11-13% slower
+    at every head-dim class (2026-12-02: K=32, V=64, T=4096, B*T=131072, H=6: 2.16 -> 2.44 ms; this
+    form 2.21; reports/h200-2026-12-02d)."""
     i_last = tl.minimum(tl.maximum(T - i_start, 1), BC) - 1
     return row_of(b_gc, i_last, BC)
 
