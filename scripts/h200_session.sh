@@ -22,6 +22,9 @@
 #             folder: commit its CSV after each session and the next one's sweep goes on where this one
 #             stopped), once the builds started by `builds` have ended
 # Results: .results/h200/ (kept while the machine stays warm), copied to $OUT at the end of every call.
+# At most 8 files come back from $OUT (the device README): the phases copy their CSVs there, the
+# pytest logs go as one file, and nothing writes into $OUT directly (bench.py's .lock files would
+# take places; on 2026-12-02 a 10th file, a kernels.csv, did not come back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -65,7 +68,7 @@ gpu_pytest() {  # gpu_pytest LOG ARGS...: pytest within the time left, its log k
     timeout $(( $(left) - 30 )) python3 -m pytest -q -rfEs -p no:cacheprovider --durations=10 "${@:2}" \
         > "$RESULTS/$1" 2>&1
     echo "pytest ${*:2}: exit $?"
-    cp "$RESULTS/$1" "$OUT"/
+    cat "$RESULTS"/pytest_*.log > "$OUT/pytest.log"
     grep -E "^(FAILED|ERROR)|passed|failed" "$RESULTS/$1" | tail -25
 }
 
