@@ -10,8 +10,9 @@ Each timing (do_bench median and p20/p80 on CUDA) sits beside the relative error
 of the gradients for fwd+bwd) against a float64 reference, the peak memory the call allocated (MiB
 above what was allocated before it, from one more untimed call), the achieved GB/s of the bytes
 that must move, the ratio to the HBM floor (those bytes over the device-to-device copy bandwidth
-measured at the start of the run) and, for GLA, the ratio to fla. Rows go to a long-format CSV
-as each measurement finishes.
+measured at the start of the run), for GLA the ratio to fla, and on CUDA where the time goes: the
+GPU ms of each kernel one call launches ("gpu_ms:<kernel>", torch.profiler over 3 more calls) and
+the launches per call. Rows go to a long-format CSV as each measurement finishes.
 """
 
 import time
@@ -27,7 +28,8 @@ from .errors import one_line
 from .glue_providers import GLUE_OPS, glue_bytes, glue_shapes, glue_targets
 from .kernel_providers import PROVIDERS, Case, Target, gla_case_bytes, gla_target
 from .point import is_out_of_memory
-from .schema import KERNEL_COLUMNS, KERNEL_DEFAULTS, KERNEL_KEY, KERNEL_REQUIRED
+from .profile import KernelTime, kernel_times
+from .schema import KERNEL_COLUMNS, KERNEL_DEFAULTS, KERNEL_KEY, KERNEL_REQUIRED, KERNEL_SPLIT_PREFIX
 from .spec import (
     ATTENTION_HEAD_CLASS,
     GLUE_PROVIDERS,
@@ -100,6 +102,16 @@ def copy_bandwidth_gbps(device: str) -> float:
     return 2 * source.numel() * source.element_size() / (median_ms * 1e-3) / 1e9
 
 
+PROFILED_CALLS = 3
+
+
+def per_kernel_rows(kernels: list[KernelTime], row) -> list:
+    """Rows of where one call's GPU time goes: per kernel name (cut to 120 characters) its GPU ms per
+    call, longest first, then the kernel launches per call. row(metric, unit, value) makes a row."""
+    rows = [row(KERNEL_SPLIT_PREFIX + kernel.name[:120], "ms", kernel.gpu_ms) for kernel in kernels]
+    return rows + [row("launches", "count", sum(kernel.calls for kernel in kernels))]
+
+
 class KernelRun:
     """One benchmark run: shared settings, environment and the CSV it writes to."""
 
@@ -150,6 +162,8 @@ class KernelRun:
                 else row("peak_mem", "MiB", status="unavailable", error=NO_PEAK_MEMORY),
                 row("bandwidth", "GB/s", moved / (median * 1e-3) / 1e9),
                 row("floor_ratio", "x", median / floor_ms)]
+        if self.settings.device == "cuda":
+            rows += per_kernel_rows(kernel_times(call, steps=PROFILED_CALLS), row)
         for metric in ("rel_err_o", "rel_err_grads") if grad else ("rel_err_o",):
             value, reference = checks[metric], checks["reference"]
             if value is None:

@@ -8,6 +8,7 @@ import pandas as pd
 
 from .frames import machine_label, one_machine
 from .report import commit_summary, md_table
+from .schema import KERNEL_SPLIT_PREFIX
 
 # metric -> column header of the tables beside the times
 GLA_CHECKS = {"peak_mem": "peak MiB", "bandwidth": "GB/s", "floor_ratio": "x HBM floor", "fla_ratio": "x fla",
@@ -32,8 +33,33 @@ def time_table(group: pd.DataFrame) -> str:
     return md_table(["provider"] + [f"T={int(t)}" for t in lengths], table)
 
 
+SPLIT_T = 4096  # the T of the per-kernel table (else the longest measured)
+
+
+def kernel_split_table(rows: pd.DataFrame) -> str:
+    """Where each provider's time goes at one T: per mode, its launches per call and its kernels'
+    GPU ms per call, longest first; "" when no row has the split (CPU runs, older CSVs)."""
+    ok = rows[rows["status"] == "ok"]
+    split = ok[ok["metric"].str.startswith(KERNEL_SPLIT_PREFIX)]
+    if split.empty:
+        return ""
+    lengths = sorted(split["T"].unique())
+    T = SPLIT_T if SPLIT_T in lengths else lengths[-1]
+    table = []
+    for (provider, mode), line in split[split["T"] == T].groupby(["provider", "mode"], sort=False):
+        line = line.sort_values("median", ascending=False)
+        launches = ok[(ok["provider"] == provider) & (ok["mode"] == mode) & (ok["T"] == T)
+                      & (ok["metric"] == "launches")]["median"]
+        kernels = ", ".join(f"{metric.removeprefix(KERNEL_SPLIT_PREFIX)} {ms:.3g}"
+                            for metric, ms in zip(line["metric"], line["median"]))
+        table.append([provider, mode, f"{launches.iloc[-1]:.0f}" if not launches.empty else "", kernels])
+    return (f"where the time goes at T={int(T)}: GPU ms per call of each kernel (torch.profiler)\n\n"
+            + md_table(("provider", "mode", "launches per call", "kernels, GPU ms"), table))
+
+
 def gla_class_section(rows: pd.DataFrame, K, V, H) -> str:
-    """Time tables per mode, then each timing's memory, GB/s, ratios and errors, of one head-dim class."""
+    """Time tables per mode, then each timing's memory, GB/s, ratios and errors, then where the time
+    goes (kernel_split_table), of one head-dim class."""
     parts = [f"**GLA K={int(K)}, V={int(V)}, H={int(H)}** (attention rows: head dim 64, H={int(H)})"]
     times = rows[rows["metric"] == "time"]
     for mode, group in times.groupby("mode", sort=False):
@@ -48,6 +74,9 @@ def gla_class_section(rows: pd.DataFrame, K, V, H) -> str:
         parts.append("beside each timing: peak memory above the inputs, bandwidth, ratios, errors "
                      "(||x - ref|| / ||ref||)\n\n"
                      + md_table(("provider", "mode", "T", *GLA_CHECKS.values(), "reference"), table))
+    split = kernel_split_table(rows)
+    if split:
+        parts.append(split)
     return "\n\n".join(parts)
 
 

@@ -25,6 +25,8 @@ KERNEL_KEY = ("op", "provider", "mode", "T", "B", "H", "K", "V", "shape", "dtype
 # Kernel CSVs written before the head-dim axis and the glue rows read as GLA rows of DiG-S/2's one
 # head shape (the only one measured then).
 KERNEL_DEFAULTS = {"op": "gla", "shape": "", "H": "6", "K": "32", "V": "64"}
+# Metric of a kernel row's per-kernel split: "gpu_ms:<kernel name>", GPU ms per call (CUDA only)
+KERNEL_SPLIT_PREFIX = "gpu_ms:"
 STATUSES = ("ok", "OOM", "error", "unavailable")
 # The rows of one point (bench.results.point_rows); a point missing one (a cut write) is not done.
 POINT_METRICS = {"cuda": ("throughput", "peak_mem_alloc", "peak_mem_nvml", "n_params"),

@@ -11,7 +11,7 @@ import torch
 from bench import kernel_providers
 from bench.csvstore import read as read_rows
 from bench.csvstore import write as write_rows
-from bench.kernel_bench import NO_PEAK_MEMORY, KernelRun, KernelSettings, record
+from bench.kernel_bench import NO_PEAK_MEMORY, KernelRun, KernelSettings, per_kernel_rows, record
 from bench.kernel_providers import (
     Case,
     attention_bytes_per_token_head,
@@ -20,8 +20,9 @@ from bench.kernel_providers import (
     make_inputs,
 )
 from bench.numerics import relative_error
+from bench.profile import KernelTime
 from bench.results import load_kernels
-from bench.schema import KERNEL_COLUMNS
+from bench.schema import KERNEL_COLUMNS, KERNEL_SPLIT_PREFIX
 from bench.spec import KERNEL_HEADS, KERNEL_PROVIDERS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,6 +159,43 @@ def test_gpu_peak_memory_of_forward_and_backward(tmp_path):
     grads_mib = 8192 * 6 * (3 * 32 + 64) * 2 / 2**20
     forward, forward_backward = peak.loc["fwd", "median"], peak.loc["fwd+bwd", "median"]
     assert forward_backward >= grads_mib and forward_backward > forward > 0
+
+
+@pytest.mark.gpu
+def test_gpu_rows_say_where_the_time_goes(tmp_path):
+    """On CUDA each timing has its per-kernel split: our forward launches the local-state, state-scan
+    and output kernels, their GPU ms add up to no more than the call's time plus the profiler's
+    noise, and the launches per call count every kernel launched."""
+    settings = KernelSettings(device="cuda", lengths=(1024,), tokens=8192, head_dims=((32, 64),),
+                              ops=("gla",), providers=("ours-triton",), modes=("fwd",))
+    frame = KernelRun(settings, tmp_path / "kernels.csv").run(progress=lambda line: None)
+    ours = frame[frame["provider"] == "ours-triton"].set_index("metric")
+    split = ours[ours.index.str.startswith(KERNEL_SPLIT_PREFIX)]
+    names = " ".join(split.index)
+    assert all(kernel in names for kernel in ("gla_fwd_local_state", "state_scan", "gla_fwd_output"))
+    assert (split["median"] > 0).all() and split["median"].sum() <= 1.5 * ours.loc["time", "median"]
+    assert ours.loc["launches", "median"] >= len(split)
+
+
+def test_per_kernel_rows_are_longest_first_with_the_launches(tmp_path):
+    run = KernelRun(KernelSettings(device="cpu", dtype="fp32"), tmp_path / "kernels.csv")
+    case = Case("gla", 4096, 2, 6, 32, 64)
+
+    def row(metric, unit, value):
+        return run.row(case, "ours-triton", "x", "fwd", metric, unit, value)
+
+    kernels = [KernelTime("gla_fwd_output_kernel", 1, 0.3), KernelTime("x" * 300, 2, 0.1)]
+    rows = per_kernel_rows(kernels, row)
+    assert [(r["metric"], r["unit"], r["median"]) for r in rows] == [
+        (KERNEL_SPLIT_PREFIX + "gla_fwd_output_kernel", "ms", 0.3),
+        (KERNEL_SPLIT_PREFIX + "x" * 120, "ms", 0.1), ("launches", "count", 3)]
+    record(tmp_path / "kernels.csv", [dict(r, gpu="g", cpu="", host="h") for r in rows]
+           + [dict(row("time", "ms", 0.45), gpu="g", cpu="", host="h")])
+    from bench.kernel_report import kernel_section
+
+    section = kernel_section(load_kernels(tmp_path / "kernels.csv"))
+    assert "where the time goes at T=4096" in section
+    assert "| ours-triton | fwd | 3 | gla_fwd_output_kernel 0.3, " + "x" * 120 + " 0.1 |" in section
 
 
 OLD_COLUMNS = [c for c in KERNEL_COLUMNS if c not in ("op", "shape")]  # kernels.csv before the glue rows
