@@ -45,14 +45,15 @@ def kernel_split_table(rows: pd.DataFrame) -> str:
         return ""
     lengths = sorted(split["T"].unique())
     T = SPLIT_T if SPLIT_T in lengths else lengths[-1]
+    at_T = ok[ok["T"] == T]
+    launches = at_T[at_T["metric"] == "launches"].groupby(["provider", "mode"])["median"].last()
     table = []
     for (provider, mode), line in split[split["T"] == T].groupby(["provider", "mode"], sort=False):
         line = line.sort_values("median", ascending=False)
-        launches = ok[(ok["provider"] == provider) & (ok["mode"] == mode) & (ok["T"] == T)
-                      & (ok["metric"] == "launches")]["median"]
         kernels = ", ".join(f"{metric.removeprefix(KERNEL_SPLIT_PREFIX)} {ms:.3g}"
                             for metric, ms in zip(line["metric"], line["median"]))
-        table.append([provider, mode, f"{launches.iloc[-1]:.0f}" if not launches.empty else "", kernels])
+        count = launches.get((provider, mode))
+        table.append([provider, mode, "" if count is None else f"{count:.0f}", kernels])
     return (f"where the time goes at T={int(T)}: GPU ms per call of each kernel (torch.profiler)\n\n"
             + md_table(("provider", "mode", "launches per call", "kernels, GPU ms"), table))
 

@@ -64,7 +64,7 @@ phase_builds() {
 KERNEL_TEST_FILES="tests/test_gla_scan_order.py tests/test_gla_state_scan.py tests/test_glue_kernels.py \
     tests/test_gla_layer.py tests/test_norm_gate.py tests/test_gla_triton.py"
 
-gpu_pytest() {  # gpu_pytest LOG ARGS...: pytest within the time left, its log kept in $OUT, its summary shown
+gpu_pytest() {  # gpu_pytest LOG ARGS...: pytest within the time left, its log in $OUT/pytest.log, its summary shown
     timeout $(( $(left) - 30 )) python3 -m pytest -q -rfEs -p no:cacheprovider --durations=10 "${@:2}" \
         > "$RESULTS/$1" 2>&1
     echo "pytest ${*:2}: exit $?"
