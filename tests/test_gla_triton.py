@@ -334,8 +334,6 @@ GPU_CASES = [
 ]
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(INTERPRETED, reason="the GPU suite runs compiled kernels, not the interpreter")
 def gpu_case(case):
     """The case as a parameter, marked gpu_memory (one at a time under xdist) when the float64
     recurrence's saved states, a [K, V] state per token and head kept for backward, pass 10 GiB
@@ -345,6 +343,8 @@ def gpu_case(case):
     return pytest.param(case, id=case_id(case), marks=[pytest.mark.gpu_memory] if saved_gib > 10 else [])
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRETED, reason="the GPU suite runs compiled kernels, not the interpreter")
 @pytest.mark.parametrize("case", [gpu_case(c) for c in GPU_CASES])
 def test_triton_matches_naive_float64_gpu(case):
     check_against_reference(case, "cuda", seed=1)
