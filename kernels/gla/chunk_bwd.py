@@ -17,12 +17,26 @@ the reverse cumsum of q*dq - k*dk, is the same sum but subtracts O(1) terms that
 import triton
 import triton.language as tl
 
-from .chunk_fwd import head_offset, lanes, load_rows, load_state, log_forget_gate, scan_rows, store_rows
+from .chunk_fwd import (
+    head_offset,
+    lanes,
+    load_log_gates,
+    load_rows,
+    load_state,
+    log_forget_gate,
+    scan_rows,
+    store_rows,
+)
 from .intra import (
+    CHUNK_GATE_RANGE,
+    SAFE_GATE_RANGE,
     decayed_cols,
     decayed_rows,
     decayed_scores,
     exclusive_cumsum,
+    factored_cols,
+    factored_rows,
+    factored_scores,
     fast_path_ok,
     gate_total_at_last_token,
     mma,
@@ -63,7 +77,17 @@ def gla_bwd_dq_kernel(
 ):
     """dq of chunk c, and W (the first part of dg) into dg_work, sum_t q_t dq_off_t into ptot.
     do and dg_work are contiguous ([B, T, H, V] and [B, T, H, K]). One program per chunk and BK
-    lanes of K; BV >= V, as dA = do v^T sums over all of V."""
+    lanes of K; BV >= V, as dA = do v^T sums over all of V. A chunk whose gates span less than
+    CHUNK_GATE_RANGE is one block of dots; any other walks its sub-chunks (dq_walk).
+
+    dg_t is a sum of terms that each carry the decay between two tokens on either side of t;
+    forming it as the reverse cumsum of q*dq - k*dk instead cancels O(1) terms down to e^-20 with
+    gates of -20. So:
+    * dq_off leaves out the i == j term (equal in q*dq and k*dk);
+    * "ext" is dg's share from later chunks, rowsum(S_{t-1} * exp(G_end - G_{t-1}) * dh_end),
+      summed here from decayed terms rather than recovered as a difference later.
+    W_t = ext_t - sum_{s<t} q_s dq_off_s is parked in the fp32 dg_work for the dk/dv kernel
+    (W is up to chunk-size times larger than dg: parked in bf16 it cost 1e-2 relative error)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
@@ -75,33 +99,53 @@ def gla_bwd_dq_kernel(
     b_s = load_state(h, slot, o_k, o_v, m_k, m_v, K, V)  # [BK, BV] state entering the chunk
     p_chunk_k = (i_bh.to(tl.int64) * NT + i_c) * K + o_k
     b_gtot = tl.load(gl + p_chunk_k, mask=m_k, other=0.0)  # [BK] sum of the chunk's gates
-    m_causal, m_strict, m_diag = sub_chunk_masks(BC)
-    n_sub = BT // BC
-
-    # Forward walk (needs the states S): dq and the first part of dg. dg_t is a sum of terms that
-    # each carry the decay between two tokens on either side of t; forming it as the reverse
-    # cumsum of q*dq - k*dk instead cancels O(1) terms down to e^-20 with gates of -20. So:
-    # * dq_off leaves out the i == j term (equal in q*dq and k*dk);
-    # * "ext" is dg's share from later chunks, rowsum(S_{t-1} * exp(G_end - G_{t-1}) * dh_end),
-    #   summed here from decayed terms rather than recovered as a difference later.
-    # W_t = ext_t - sum_{s<t} q_s dq_off_s is parked in the fp32 dg_work for the dk/dv kernel
-    # (W is up to chunk-size times larger than dg: parked in bf16 it cost 1e-2 relative error).
     b_ext = tl.exp(b_gtot) * tl.sum(b_s * b_dh_end, axis=1)  # [BK]
+    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    b_gc = tl.cumsum(load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale), axis=0)
+    if fast_path_ok(b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT), BT, CHUNK_GATE_RANGE):
+        b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
+        b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
+        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
+        b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
+        _, m_strict, m_diag = sub_chunk_masks(BT)
+        b_dA = mma(b_do, tl.trans(b_v), PREC) * scale  # [BT, BT]
+        b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)  # [BT]
+        b_dq = factored_rows(tl.where(m_strict, b_dA, 0.0), b_k, b_gc, BT, PREC)
+        b_dq += mma(b_do, tl.trans(b_s), PREC) * tl.exp(b_gc) * scale
+        store_rows(p_dq, b_dq + b_dA_diag[:, None] * b_k, o_t, m_t, o_k, m_k, dq_st)
+        b_u = mma(b_v, tl.trans(b_dh_end), PREC) * b_k * tl.exp(b_gtot[None, :] - b_gc)  # [BT, BK]
+        b_p = b_q * b_dq
+        b_w = b_ext[None, :] + exclusive_cumsum(b_u, BT, PREC) - exclusive_cumsum(b_p, BT, PREC)
+        store_rows(p_w, b_w, o_t, m_t, o_k, m_k, H * K)
+        tl.store(ptot + p_chunk_k, tl.sum(b_p, axis=0), mask=m_k)
+    else:
+        dq_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dq, dq_st, p_w, ptot + p_chunk_k,
+                b_s, b_dh_end, b_gtot, b_ext, scale, gate_scale, T, E, i_c, o_k, o_v, m_k, m_v,
+                H, K, V, BT, BC, BK, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC)
+
+
+@triton.jit
+def dq_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dq, dq_st, p_w, p_ptot,
+            b_s, b_dh_end, b_gtot, b_ext, scale, gate_scale, T, E, i_c, o_k, o_v, m_k, m_v,
+            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+            BK: tl.constexpr, REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr,
+            GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr):
+    """gla_bwd_dq_kernel's chunk as a forward walk over its sub-chunks (it needs the states S)."""
+    m_causal, m_strict, m_diag = sub_chunk_masks(BC)
     b_gpre = tl.zeros([BK], dtype=tl.float32)  # gate sum of the earlier sub-chunks of the chunk
     b_ppre = tl.zeros([BK], dtype=tl.float32)  # sum of q*dq_off over the earlier rows of the chunk
-    for i_s in range(n_sub):
+    for i_s in range(BT // BC):
         o_t, m_t = scan_rows(i_c * BT + i_s * BC, T, E, BC, REVERSE, TRANSPOSE)
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BC, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
-        b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(load_rows(p_g, o_t, m_t, o_k, m_k, g_st),
-                                                                    GATE_LOGSIGMOID, gate_scale), 0.0)
+        b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = gate_total_at_last_token(b_gc, i_c * BT + i_s * BC, T, BC)
         b_dA = tl.where(m_causal, mma(b_do, tl.trans(b_v), PREC) * scale, 0.0)
         b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)  # [BC]
-        fast = fast_path_ok(b_gc, b_glast, BC)
+        fast = fast_path_ok(b_gc, b_glast, BC, SAFE_GATE_RANGE)
         b_dq = decayed_rows(tl.where(m_strict, b_dA, 0.0), b_k, b_gc, m_strict, fast, BC, PREC)
         b_dq += mma(b_do, tl.trans(b_s), PREC) * tl.exp(b_gc) * scale
         store_rows(p_dq, b_dq + b_dA_diag[:, None] * b_k, o_t, m_t, o_k, m_k, dq_st)
@@ -116,7 +160,7 @@ def gla_bwd_dq_kernel(
         b_gpre += b_glast
         b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
         b_s = b_s * tl.exp(b_glast)[:, None] + mma(tl.trans(b_kd), b_v, PREC)
-    tl.store(ptot + p_chunk_k, b_ppre, mask=m_k)
+    tl.store(p_ptot, b_ppre, mask=m_k)
 
 
 @triton.jit
@@ -134,7 +178,11 @@ def gla_bwd_dkv_kernel(
     dv sums over K (the scores q k^T, (k decayed) dS), so DO_DV needs BK >= K. Both at once when one
     tile covers the state; at wider heads a K-tiled DO_DK launch and a V-tiled DO_DV launch keep
     the [BK, BV] state tiles small. dg and dg_work are contiguous [B, T, H, K]; with
-    GATE_LOGSIGMOID, dg is the gradient of the gate's pre-activation."""
+    GATE_LOGSIGMOID, dg is the gradient of the gate's pre-activation.
+
+    dg_t = W_t + sum_s q_s dq_off_s - sum_{s>=t} k_s dk_int_s, where dk_int is dk from this chunk's
+    own later tokens only. A chunk whose gates span less than CHUNK_GATE_RANGE is one block of dots;
+    any other walks its sub-chunks backwards (dkv_walk)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
@@ -144,12 +192,49 @@ def gla_bwd_dkv_kernel(
     p_dg, p_w = dg + head_offset(i_bh, H, T * H * K, K), dg_work + head_offset(i_bh, H, T * H * K, K)
     b_dh_end = load_state(dh, i_bh.to(tl.int64) * (NT + 1) + i_c + 1, o_k, o_v, m_k, m_v, K, V)
     b_ptot = tl.load(ptot + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, mask=m_k, other=0.0)
+    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    b_graw = load_rows(p_g, o_t, m_t, o_k, m_k, g_st)  # [BT, BK]
+    b_g = log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale)
+    b_gc = tl.cumsum(tl.where(m_t[:, None] & m_k[None, :], b_g, 0.0), axis=0)
+    b_glast = gate_total_at_last_token(b_gc, i_c * BT, T, BT)
+    if fast_path_ok(b_gc, b_glast, BT, CHUNK_GATE_RANGE):
+        b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
+        b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
+        b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)  # [BT, BV]
+        m_causal, m_strict, m_diag = sub_chunk_masks(BT)
+        b_kdecay = tl.exp(b_glast[None, :] - b_gc)  # [BT, BK]
+        if DO_DV:
+            b_A = tl.where(m_causal, factored_scores(b_q, b_k, b_gc, BT, PREC), 0.0) * scale  # [BT, BT]
+            b_dv = mma(tl.trans(b_A), b_do, PREC) + mma(b_k * b_kdecay, b_dh_end, PREC)
+            store_rows(p_dv, b_dv, o_t, m_t, o_v, m_v, dv_st)
+        if DO_DK:
+            b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)
+            b_dA = mma(b_do, tl.trans(b_v), PREC) * scale
+            b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)
+            b_dk_int = factored_cols(tl.where(m_strict, b_dA, 0.0), b_q, b_gc, BT, PREC)
+            b_dk = b_dk_int + mma(b_v, tl.trans(b_dh_end), PREC) * b_kdecay
+            store_rows(p_dk, b_dk + b_dA_diag[:, None] * b_q, o_t, m_t, o_k, m_k, dk_st)
+            b_w = load_rows(p_w, o_t, m_t, o_k, m_k, H * K)
+            b_dg = b_w + b_ptot[None, :] - tl.cumsum(b_k * b_dk_int, axis=0, reverse=True)
+            if GATE_LOGSIGMOID:  # d logsigmoid(x) / dx = sigmoid(-x)
+                b_dg = b_dg * tl.sigmoid(-b_graw) * gate_scale
+            store_rows(p_dg, b_dg, o_t, m_t, o_k, m_k, H * K)
+    else:
+        dkv_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dk, dk_st, p_dv, dv_st, p_dg, p_w,
+                 b_dh_end, b_ptot, scale, gate_scale, T, E, i_c, o_k, o_v, m_k, m_v,
+                 H, K, V, BT, BC, BK, BV, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC, DO_DK, DO_DV)
+
+
+@triton.jit
+def dkv_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dk, dk_st, p_dv, dv_st, p_dg, p_w,
+             b_dh_end, b_ptot, scale, gate_scale, T, E, i_c, o_k, o_v, m_k, m_v,
+             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+             BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr,
+             GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr, DO_DK: tl.constexpr, DO_DV: tl.constexpr):
+    """gla_bwd_dkv_kernel's chunk as a backward walk over its sub-chunks (it needs the state
+    gradients). The gradient of a sub-chunk's end state is ds_int (this chunk's later q, do) + ds_ext."""
     m_causal, m_strict, m_diag = sub_chunk_masks(BC)
     n_sub = BT // BC
-
-    # Backward walk (needs the state gradients): dk, dv, and dg_t = W_t + sum_s q_s dq_off_s
-    # - sum_{s>=t} k_s dk_int_s, where dk_int is dk from this chunk's own later tokens only.
-    # The gradient of a sub-chunk's end state is ds_int (this chunk's later q, do) + ds_ext.
     b_ds_int = tl.zeros([BK, BV], dtype=tl.float32)
     b_gsuf = tl.zeros([BK], dtype=tl.float32)  # gate sum of the later sub-chunks of the chunk
     b_ksuf = tl.zeros([BK], dtype=tl.float32)  # sum of k*dk_int over the later rows of the chunk
@@ -165,7 +250,7 @@ def gla_bwd_dkv_kernel(
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = gate_total_at_last_token(b_gc, i_c * BT + i_s * BC, T, BC)
         b_ds_ext = b_dh_end * tl.exp(b_gsuf)[:, None]
-        fast = fast_path_ok(b_gc, b_glast, BC)
+        fast = fast_path_ok(b_gc, b_glast, BC, SAFE_GATE_RANGE)
         b_kdecay = tl.exp(b_glast[None, :] - b_gc)  # [BC, BK]
         if DO_DV:
             b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC) * scale  # [BC, BC]

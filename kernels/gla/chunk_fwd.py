@@ -27,8 +27,11 @@ import triton
 import triton.language as tl
 
 from .intra import (
+    CHUNK_GATE_RANGE,
+    SAFE_GATE_RANGE,
     decay_to_end,
     decayed_scores,
+    factored_scores,
     fast_path_ok,
     gate_total_at_last_token,
     mma,
@@ -130,6 +133,13 @@ def gla_fwd_local_state_kernel(
 
 
 @triton.jit
+def load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID: tl.constexpr, gate_scale):
+    """The fp32 log forget gates of a [rows, BK] tile, 0 outside the sequence and the K lanes."""
+    b_g = log_forget_gate(load_rows(p_g, o_t, m_t, o_k, m_k, g_st), GATE_LOGSIGMOID, gate_scale)
+    return tl.where(m_t[:, None] & m_k[None, :], b_g, 0.0)
+
+
+@triton.jit
 def gla_fwd_output_kernel(
     q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, h, o, scale, gate_scale, T, NT, E,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -137,26 +147,46 @@ def gla_fwd_output_kernel(
     REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
     """o of chunk c ([B, T, H, V], contiguous) from the state entering it. One program per chunk and
-    BV columns of V; BK >= K, as the scores q k^T sum over all of K."""
+    BV columns of V; BK >= K, as the scores q k^T sum over all of K. A chunk whose gates span less
+    than CHUNK_GATE_RANGE is one block of dots (output_chunk_wide); any other walks its sub-chunks."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
     p_v, p_g = v + head_offset(i_bh, H, v_sb, V), g + head_offset(i_bh, H, g_sb, K)
     p_o = o + head_offset(i_bh, H, T * H * V, V)
     b_s = load_state(h, i_bh.to(tl.int64) * (NT + 1) + i_c, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
+    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    b_gc = tl.cumsum(load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale), axis=0)
+    if fast_path_ok(b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT), BT, CHUNK_GATE_RANGE):
+        b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
+        b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
+        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
+        m_causal, _, _ = sub_chunk_masks(BT)
+        b_A = tl.where(m_causal, factored_scores(b_q, b_k, b_gc, BT, PREC), 0.0)  # [BT, BT]
+        b_o = mma(b_q * tl.exp(b_gc), b_s, PREC) + mma(b_A, b_v, PREC)
+        store_rows(p_o, b_o * scale, o_t, m_t, o_v, m_v, H * V)
+    else:
+        output_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_o, b_s, scale, gate_scale, T, E, i_c,
+                    o_k, o_v, m_k, m_v, H, V, BT, BC, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC)
 
+
+@triton.jit
+def output_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_o, b_s, scale, gate_scale, T, E, i_c,
+                o_k, o_v, m_k, m_v, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr,
+                PREC: tl.constexpr):
+    """gla_fwd_output_kernel's chunk as BT / BC sub-chunks in order, carrying the state b_s across
+    them; each sub-chunk takes the factored or the exact product (intra.py)."""
     m_causal, _, _ = sub_chunk_masks(BC)
     for i_s in range(BT // BC):
         o_t, m_t = scan_rows(i_c * BT + i_s * BC, T, E, BC, REVERSE, TRANSPOSE)
-        m_tk = m_t[:, None] & m_k[None, :]
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BC, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)  # [BC, BK]
-        b_g = tl.where(m_tk, log_forget_gate(load_rows(p_g, o_t, m_t, o_k, m_k, g_st), GATE_LOGSIGMOID,
-                                             gate_scale), 0.0)  # [BC, BK]
+        b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)  # [BC, BK]
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = gate_total_at_last_token(b_gc, i_c * BT + i_s * BC, T, BC)
-        fast = fast_path_ok(b_gc, b_glast, BC)
+        fast = fast_path_ok(b_gc, b_glast, BC, SAFE_GATE_RANGE)
         b_A = decayed_scores(b_q, b_k, b_gc, m_causal, fast, BC, PREC)  # [BC, BC]
         b_o = mma(b_q * tl.exp(b_gc), b_s, PREC)
         b_o += mma(b_A, b_v, PREC)
