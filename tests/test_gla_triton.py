@@ -55,7 +55,7 @@ CPU_CASES = [
     (2, 15, 3, 24, 48, 16, True, True, "mixed", torch.float32),
     (1, 63, 2, 32, 64, 32, False, True, "near_zero", torch.float32),
     (3, 64, 1, 16, 24, 64, True, False, "very_negative", torch.float32),
-    (2, 128, 1, 16, 24, 128, False, False, "very_negative", torch.float32),  # the default chunk
+    (2, 128, 1, 16, 24, 128, False, False, "very_negative", torch.float32),
     (1, 65, 2, 100, 24, 64, False, True, "mixed", torch.float32),
     (2, 200, 1, 32, 64, 128, False, True, "half_extreme", torch.float32),
     (1, 200, 1, 64, 100, 32, True, True, "mixed", torch.float32),
@@ -73,7 +73,7 @@ HEAD_DIM_CASES = [
     (1, 100, 1, 128, 128, 32, True, False, "mixed", torch.float32),
     (2, 40, 1, 48, 80, 16, False, True, "near_zero", torch.float32),
     (1, 100, 2, 24, 40, 64, True, True, "very_negative", torch.float32),
-    (1, 100, 1, 48, 80, None, False, True, "mixed", torch.float32),  # the default chunk (128) > T
+    (1, 100, 1, 48, 80, None, False, True, "mixed", torch.float32),  # the default chunk (64) < T
     (1, 100, 1, 64, 64, 32, False, True, "mixed", torch.bfloat16),
     (1, 40, 1, 128, 128, 16, True, True, "mixed", torch.float16),
     (1, 100, 2, 24, 40, 64, False, False, "mixed", torch.bfloat16),

@@ -28,8 +28,8 @@ from .chunk_fwd import (
     store_rows,
 )
 from .intra import (
-    CHUNK_GATE_RANGE,
     SAFE_GATE_RANGE,
+    chunk_wide_ok,
     decayed_cols,
     decayed_rows,
     decayed_scores,
@@ -102,7 +102,7 @@ def gla_bwd_dq_kernel(
     b_ext = tl.exp(b_gtot) * tl.sum(b_s * b_dh_end, axis=1)  # [BK]
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
     b_gc = tl.cumsum(load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale), axis=0)
-    if fast_path_ok(b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT), BT, CHUNK_GATE_RANGE):
+    if chunk_wide_ok(b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT), BT, PREC):
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
@@ -197,7 +197,7 @@ def gla_bwd_dkv_kernel(
     b_g = log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale)
     b_gc = tl.cumsum(tl.where(m_t[:, None] & m_k[None, :], b_g, 0.0), axis=0)
     b_glast = gate_total_at_last_token(b_gc, i_c * BT, T, BT)
-    if fast_path_ok(b_gc, b_glast, BT, CHUNK_GATE_RANGE):
+    if chunk_wide_ok(b_gc, b_glast, BT, PREC):
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)  # [BT, BV]

@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from .intra import (
-    CHUNK_GATE_RANGE,
     SAFE_GATE_RANGE,
+    chunk_wide_ok,
     decay_to_end,
     decayed_scores,
     factored_scores,
@@ -148,7 +148,7 @@ def gla_fwd_output_kernel(
 ):
     """o of chunk c ([B, T, H, V], contiguous) from the state entering it. One program per chunk and
     BV columns of V; BK >= K, as the scores q k^T sum over all of K. A chunk whose gates span less
-    than CHUNK_GATE_RANGE is one block of dots (output_chunk_wide); any other walks its sub-chunks."""
+    than CHUNK_GATE_RANGE is one block of dots; any other walks its sub-chunks (output_walk)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
@@ -157,7 +157,7 @@ def gla_fwd_output_kernel(
     b_s = load_state(h, i_bh.to(tl.int64) * (NT + 1) + i_c, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
     b_gc = tl.cumsum(load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale), axis=0)
-    if fast_path_ok(b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT), BT, CHUNK_GATE_RANGE):
+    if chunk_wide_ok(b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT), BT, PREC):
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]

@@ -11,9 +11,11 @@ DOT_OPERANDS = ("fp32", "bf16")  # GLAConfig.dot_operands; the custom ops carry 
 
 @dataclass(frozen=True)
 class GLAConfig:
-    # Defaults: the H200's best at every T of the DiG shapes (fwd+bwd, bf16, K=32, V=64, H=6;
-    # reports/tuning.csv): chunk 128 took 2.25-3.10 ms for T = 256..65536, chunk 64 2.54-4.23 ms.
-    chunk_size: int = 128  # tokens between stored states; also the work of one chunk-parallel program
+    # Defaults: the H200's best with the chunk-wide path (fwd+bwd, bf16, B*T = 131072, 4 warps;
+    # reports/h200-2026-12-03/gla_ab.csv): chunk 64 at every head-dim class, K=32 V=64 T=4096 2.02 ms
+    # (128: 3.00, 32: 3.12), T=65536 2.29 (128: 3.18); K=V=64 4.31 (128: 12.6); K=V=128 30.7 (128: 90.3,
+    # which spills: scripts/gla_registers.py).
+    chunk_size: int = 64  # tokens between stored states; also the work of one chunk-parallel program
     state_block_v: int = 32  # V columns per program of the sequential state scans (more programs)
     state_warps: int = 4  # warps of the sequential state scans
     chunk_warps: int = 4  # warps of the chunk-parallel kernels (8 was 1.7x slower on the H200)

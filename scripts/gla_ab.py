@@ -1,0 +1,117 @@
+"""Forward and forward + backward time of the Triton GLA at chosen launch configs, for an A/B of two trees.
+
+    PYTHONPATH=<tree> python scripts/gla_ab.py --label new --configs 64:4 128:4 --out ab.csv [--compile-only]
+
+Runs the tree's own kernels (kernels.gla of the tree on PYTHONPATH; the rest of GLAConfig at its
+defaults) at the kernel benchmark's shapes (bf16, B*T = 131072, DiG-like gates logsigmoid(x) / 16),
+chunk size and chunk warps from --configs (CHUNK:WARPS). Each row: medians and the 10th / 90th
+percentiles of triton.testing.do_bench, and the largest relative error of o, dq, dk, dv, dg against
+chunk_gla_torch in float64 on the first sequence. --compile-only compiles every config (run several
+such processes at once to fill Triton's cache in parallel, then time in one process).
+"""
+
+import argparse
+import csv
+import os
+import sys
+from dataclasses import replace
+
+import torch
+import triton
+
+from kernels.gla import chunk_gla_torch
+from kernels.gla.chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
+from kernels.gla.config import GLAConfig
+from kernels.gla.tuning import random_inputs
+
+TOKENS = 131072
+FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "max_rel_err", "fwd_ms", "fwd_p10",
+          "fwd_p90", "fwdbwd_ms", "fwdbwd_p10", "fwdbwd_p90", "error"]
+SHAPES = {"32x64": (6, (4096, 65536)), "64x64": (8, (4096,)), "128x128": (16, (4096,))}  # H, T
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--configs", nargs="+", default=["128:4"])
+    parser.add_argument("--head-dims", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--out")
+    parser.add_argument("--compile-only", action="store_true")
+    return parser.parse_args()
+
+
+def relative_error(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def errors(inputs, launch, scale):
+    """Largest relative error of o and the four gradients on sequence 0, against float64."""
+    q, k, v, g, do = (x[:1].contiguous() for x in inputs)
+    o, h, gl = chunk_gla_fwd(q, k, v, g, scale, None, launch)
+    grads = chunk_gla_bwd(q, k, v, g, h, gl, do, None, scale, launch)[:4]
+    leaves = [x.double().requires_grad_() for x in (q, k, v, g)]
+    ref, _ = chunk_gla_torch(*leaves, scale=scale)
+    ref.backward(do.double())
+    return max(relative_error(a, b) for a, b in zip((o, *grads), (ref, *(x.grad for x in leaves))))
+
+
+def spread(times):
+    times = sorted(times)
+    return [round(times[int(p * (len(times) - 1))], 4) for p in (0.5, 0.1, 0.9)]
+
+
+def measure(dims, T, H, cfg, compile_only):
+    K, V = map(int, dims.split("x"))
+    inputs = random_inputs(TOKENS // T, T, H, K, V, torch.bfloat16)
+    q, k, v, g, do = inputs
+    scale = K**-0.5
+    launch = Launch(q, v, cfg, reverse=False, transpose=False, gate_scale=None)
+
+    def forward():
+        return chunk_gla_fwd(q, k, v, g, scale, None, launch)
+
+    def forward_backward():
+        o, h, gl = forward()
+        chunk_gla_bwd(q, k, v, g, h, gl, do, None, scale, launch)
+
+    forward_backward()
+    if compile_only:
+        return None
+    launch_small = Launch(q[:1], v[:1], cfg, reverse=False, transpose=False, gate_scale=None)
+    row = dict(K=K, V=V, H=H, T=T, B=TOKENS // T, chunk=cfg.chunk_size, warps=cfg.chunk_warps,
+               max_rel_err=f"{errors(inputs, launch_small, scale):.2e}")
+    for name, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
+        row[f"{name}_ms"], row[f"{name}_p10"], row[f"{name}_p90"] = spread(
+            triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="all"))
+    return row
+
+
+def main():
+    args = parse_args()
+    configs = [replace(GLAConfig(), chunk_size=int(c), chunk_warps=int(w))
+               for c, w in (spec.split(":") for spec in args.configs)]
+    rows = []
+    for dims in args.head_dims:
+        H, lengths = SHAPES[dims]
+        for T in lengths:
+            for cfg in configs:
+                try:
+                    row = measure(dims, T, H, cfg, args.compile_only)
+                except Exception as error:  # noqa: BLE001 -- one config failing must not lose the rest
+                    row = dict(K=dims, T=T, chunk=cfg.chunk_size, warps=cfg.chunk_warps,
+                               error=" ".join(str(error).split())[:200])
+                if row:
+                    row = dict(label=args.label, commit=os.environ.get("BENCH_GIT_COMMIT", ""), **row)
+                    rows.append(row)
+                    print(row, flush=True)
+    if args.out and rows:
+        new = not os.path.exists(args.out)
+        with open(args.out, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
