@@ -15,14 +15,18 @@ import csv
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import triton
 
-from kernels.gla import chunk_gla_torch
-from kernels.gla.chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
-from kernels.gla.config import GLAConfig
-from kernels.gla.tuning import random_inputs
+# kernels from the tree on PYTHONPATH (before this checkout, whose bench/ is appended for its helpers)
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+from bench.numerics import worst_error  # noqa: E402
+from kernels.gla import chunk_gla_torch  # noqa: E402
+from kernels.gla.chunk import Launch, chunk_gla_bwd, chunk_gla_fwd  # noqa: E402
+from kernels.gla.config import GLAConfig  # noqa: E402
+from kernels.gla.tuning import random_inputs  # noqa: E402
 
 TOKENS = 131072
 FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "max_rel_err", "fwd_ms", "fwd_p10",
@@ -40,19 +44,15 @@ def parse_args():
     return parser.parse_args()
 
 
-def relative_error(out, ref):
-    return ((out.double() - ref).norm() / ref.norm()).item()
-
-
 def errors(inputs, launch, scale):
-    """Largest relative error of o and the four gradients on sequence 0, against float64."""
+    """Largest relative error of o and the four gradients on sequence 0, against float64 (NaN if any is)."""
     q, k, v, g, do = (x[:1].contiguous() for x in inputs)
     o, h, gl = chunk_gla_fwd(q, k, v, g, scale, None, launch)
     grads = chunk_gla_bwd(q, k, v, g, h, gl, do, None, scale, launch)[:4]
     leaves = [x.double().requires_grad_() for x in (q, k, v, g)]
     ref, _ = chunk_gla_torch(*leaves, scale=scale)
     ref.backward(do.double())
-    return max(relative_error(a, b) for a, b in zip((o, *grads), (ref, *(x.grad for x in leaves))))
+    return worst_error((o, *grads), (ref, *(x.grad for x in leaves)))
 
 
 def spread(times):
