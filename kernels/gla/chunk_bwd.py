@@ -18,12 +18,12 @@ import triton
 import triton.language as tl
 
 from .chunk_fwd import (
+    chunk_gates,
     head_offset,
     lanes,
     load_log_gates,
     load_rows,
     load_state,
-    log_forget_gate,
     scan_rows,
     store_rows,
 )
@@ -58,8 +58,8 @@ def gla_bwd_local_state_kernel(
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
     b_q = load_rows(q + head_offset(i_bh, H, q_sb, K), o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
-    b_g = load_rows(g + head_offset(i_bh, H, g_sb, K), o_t, m_t, o_k, m_k, g_st)  # [BT, BK]
-    b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(b_g, GATE_LOGSIGMOID, gate_scale), 0.0)
+    b_graw, b_g = load_log_gates(g + head_offset(i_bh, H, g_sb, K), o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID,
+                                 gate_scale)  # [BT, BK]
     b_do = load_rows(do + head_offset(i_bh, H, T * H * V, V), o_t, m_t, o_v, m_v, H * V)  # [BT, BV]
     b_qd = b_q * tl.exp(tl.cumsum(b_g, axis=0)) * scale
     b_d = mma(tl.trans(b_qd), b_do, PREC)  # [BK, BV]
@@ -100,9 +100,9 @@ def gla_bwd_dq_kernel(
     p_chunk_k = (i_bh.to(tl.int64) * NT + i_c) * K + o_k
     b_gtot = tl.load(gl + p_chunk_k, mask=m_k, other=0.0)  # [BK] sum of the chunk's gates
     b_ext = tl.exp(b_gtot) * tl.sum(b_s * b_dh_end, axis=1)  # [BK]
-    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
-    b_gc = tl.cumsum(load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale), axis=0)
-    if chunk_wide_ok(b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT), BT, PREC):
+    o_t, m_t, b_graw, b_gc, b_glast = chunk_gates(p_g, g_st, i_c, T, E, o_k, m_k, BT, REVERSE, TRANSPOSE,
+                                                  GATE_LOGSIGMOID, gate_scale)
+    if chunk_wide_ok(b_gc, b_glast, BT, PREC):
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
@@ -138,7 +138,7 @@ def dq_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dq, dq_st, p_w, 
         o_t, m_t = scan_rows(i_c * BT + i_s * BC, T, E, BC, REVERSE, TRANSPOSE)
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BC, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
-        b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)
+        b_graw, b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
@@ -192,11 +192,8 @@ def gla_bwd_dkv_kernel(
     p_dg, p_w = dg + head_offset(i_bh, H, T * H * K, K), dg_work + head_offset(i_bh, H, T * H * K, K)
     b_dh_end = load_state(dh, i_bh.to(tl.int64) * (NT + 1) + i_c + 1, o_k, o_v, m_k, m_v, K, V)
     b_ptot = tl.load(ptot + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, mask=m_k, other=0.0)
-    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
-    b_graw = load_rows(p_g, o_t, m_t, o_k, m_k, g_st)  # [BT, BK]
-    b_g = log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale)
-    b_gc = tl.cumsum(tl.where(m_t[:, None] & m_k[None, :], b_g, 0.0), axis=0)
-    b_glast = gate_total_at_last_token(b_gc, i_c * BT, T, BT)
+    o_t, m_t, b_graw, b_gc, b_glast = chunk_gates(p_g, g_st, i_c, T, E, o_k, m_k, BT, REVERSE, TRANSPOSE,
+                                                  GATE_LOGSIGMOID, gate_scale)
     if chunk_wide_ok(b_gc, b_glast, BT, PREC):
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
@@ -241,11 +238,9 @@ def dkv_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dk, dk_st, p_dv
     for i_r in range(n_sub):
         i_s = n_sub - 1 - i_r
         o_t, m_t = scan_rows(i_c * BT + i_s * BC, T, E, BC, REVERSE, TRANSPOSE)
-        m_tk = m_t[:, None] & m_k[None, :]
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
-        b_graw = load_rows(p_g, o_t, m_t, o_k, m_k, g_st)
-        b_g = tl.where(m_tk, log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale), 0.0)
+        b_graw, b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)
         b_do = load_rows(p_do, o_t, m_t, o_v, m_v, H * V)
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = gate_total_at_last_token(b_gc, i_c * BT + i_s * BC, T, BC)

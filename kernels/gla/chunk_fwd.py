@@ -102,6 +102,15 @@ def log_forget_gate(b_g, GATE_LOGSIGMOID: tl.constexpr, gate_scale):
 
 
 @triton.jit
+def load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID: tl.constexpr, gate_scale):
+    """(the loaded g tile as fp32, its log forget gates) of [rows, BK], the gates 0 outside the sequence
+    and the K lanes. The raw tile is what the dg of a pre-activation needs (sigmoid(-x))."""
+    b_graw = load_rows(p_g, o_t, m_t, o_k, m_k, g_st)
+    b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(b_graw, GATE_LOGSIGMOID, gate_scale), 0.0)
+    return b_graw, b_g
+
+
+@triton.jit
 def store_rows(ptr, value, o_t, m_t, o_d, m_d, row_stride):
     """Store a [rows, cols] tile into a [T, H, D] slab, rounding to the slab's dtype."""
     p = ptr + o_t[:, None] * row_stride + o_d[None, :]
@@ -124,8 +133,8 @@ def gla_fwd_local_state_kernel(
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
     b_k = load_rows(k + head_offset(i_bh, H, k_sb, K), o_t, m_t, o_k, m_k, k_st)  # [BT, BK]
-    b_g = load_rows(g + head_offset(i_bh, H, g_sb, K), o_t, m_t, o_k, m_k, g_st)  # [BT, BK]
-    b_g = tl.where(m_t[:, None] & m_k[None, :], log_forget_gate(b_g, GATE_LOGSIGMOID, gate_scale), 0.0)
+    b_graw, b_g = load_log_gates(g + head_offset(i_bh, H, g_sb, K), o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID,
+                                 gate_scale)  # [BT, BK]
     b_v = load_rows(v + head_offset(i_bh, H, v_sb, V), o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
     b_glast = tl.sum(b_g, axis=0)  # [BK]
     b_d = mma(tl.trans(b_k * decay_to_end(b_g)), b_v, PREC)
@@ -136,10 +145,15 @@ def gla_fwd_local_state_kernel(
 
 
 @triton.jit
-def load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID: tl.constexpr, gate_scale):
-    """The fp32 log forget gates of a [rows, BK] tile, 0 outside the sequence and the K lanes."""
-    b_g = log_forget_gate(load_rows(p_g, o_t, m_t, o_k, m_k, g_st), GATE_LOGSIGMOID, gate_scale)
-    return tl.where(m_t[:, None] & m_k[None, :], b_g, 0.0)
+def chunk_gates(p_g, g_st, i_c, T, E, o_k, m_k, BT: tl.constexpr, REVERSE: tl.constexpr,
+                TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, gate_scale):
+    """What every chunk-parallel pass reads first, to choose between the chunk-wide path and the
+    walk: chunk c's token rows and mask (scan_rows), its raw g tile, gate cumsum [BT, BK] and gate
+    total at its last token [BK]."""
+    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    b_graw, b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)
+    b_gc = tl.cumsum(b_g, axis=0)
+    return o_t, m_t, b_graw, b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT)
 
 
 @triton.jit
@@ -158,9 +172,9 @@ def gla_fwd_output_kernel(
     p_v, p_g = v + head_offset(i_bh, H, v_sb, V), g + head_offset(i_bh, H, g_sb, K)
     p_o = o + head_offset(i_bh, H, T * H * V, V)
     b_s = load_state(h, i_bh.to(tl.int64) * (NT + 1) + i_c, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
-    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
-    b_gc = tl.cumsum(load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale), axis=0)
-    if chunk_wide_ok(b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT), BT, PREC):
+    o_t, m_t, b_graw, b_gc, b_glast = chunk_gates(p_g, g_st, i_c, T, E, o_k, m_k, BT, REVERSE, TRANSPOSE,
+                                                  GATE_LOGSIGMOID, gate_scale)
+    if chunk_wide_ok(b_gc, b_glast, BT, PREC):
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
@@ -185,7 +199,7 @@ def output_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_o, b_s, scale, gat
         o_t, m_t = scan_rows(i_c * BT + i_s * BC, T, E, BC, REVERSE, TRANSPOSE)
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BC, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)  # [BC, BK]
-        b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)  # [BC, BK]
+        b_graw, b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)  # [BC, BK]
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BC, BV]
         b_gc = tl.cumsum(b_g, axis=0)
         b_glast = gate_total_at_last_token(b_gc, i_c * BT + i_s * BC, T, BC)
