@@ -1,6 +1,6 @@
 """Registers and spills per thread of the GLA chunk kernels for an NVIDIA GPU, on a machine without one.
 
-    python scripts/gla_registers.py [--arch 90] [--chunk 128] [--warps 4] [--dots fp32|bf16] KxV[:BKxBV] ...
+    python scripts/gla_registers.py [--arch 90] [--chunk 64] [--warps 4] [--dots fp32|bf16] [--inner 64] KxV[:BKxBV] ...
 
 Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan), with
 [BK, BV] state tiles (default: GLAConfig's chunk_block_k x chunk_block_v, clipped to the head), for
@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=DEFAULT_CONFIG.chunk_size, choices=(16, 32, 64, 128))
     parser.add_argument("--warps", type=int, default=DEFAULT_CONFIG.chunk_warps, choices=(1, 2, 4, 8))
     parser.add_argument("--stages", type=int, default=DEFAULT_CONFIG.num_stages)
+    parser.add_argument("--inner", type=int, default=DEFAULT_CONFIG.chunk_block_inner, choices=(16, 32, 64, 128),
+                        help="step of the chunk-wide loops over a summed head dim (GLAConfig.chunk_block_inner)")
     parser.add_argument("--dots", choices=("fp32", "bf16"), default="fp32", help="dot operands (GLAConfig)")
     args = parser.parse_args(argv)
     if not CUOBJDUMP.exists():
@@ -93,10 +95,11 @@ def main(argv=None) -> int:
     for K, V, tile_k, tile_v in args.classes:
         full_k, full_v = block_sizes(K, V)
         print(f"K={K} V={V} tiles {min(tile_k, full_k)}x{min(tile_v, full_v)}, "
-              f"chunk {args.chunk}, {args.warps} warps, {args.dots} dots, sm_{args.arch}:")
+              f"chunk {args.chunk}, {args.warps} warps, {args.dots} dots, inner step {args.inner}, sm_{args.arch}:")
         base = dict(H=1, K=K, V=V, BT=args.chunk, BC=SUB_CHUNK, REVERSE=False, TRANSPOSE=False,
                     GATE_LOGSIGMOID=True, PREC=prec)
-        plan = launch_plan(K, V, replace(DEFAULT_CONFIG, chunk_block_k=tile_k, chunk_block_v=tile_v))
+        plan = launch_plan(K, V, replace(DEFAULT_CONFIG, chunk_block_k=tile_k, chunk_block_v=tile_v,
+                                         chunk_block_inner=args.inner))
         for label, (fn, bk, bv, extra) in plan.items():
             regs, spill = resources(fn, dict(base, BK=bk, BV=bv, **extra), args.arch, args.warps, args.stages)
             print(f"  {label:16s} [{bk:>3}, {bv:>3}] tile: {regs:3d} registers, {spill:5d} spill bytes "

@@ -229,11 +229,16 @@ TILE_CASES = [
 ]
 
 
-def force_tiles(monkeypatch, tiles):
-    """chunk_gla launches with these [K, V] state tiles, every other field as tuning.get_config gives it."""
+def force_config(monkeypatch, **fields):
+    """chunk_gla launches with these GLAConfig fields, every other one as tuning.get_config gives it."""
     get_config = tuning.get_config
     monkeypatch.setattr(tuning, "get_config", lambda *args, **kwargs: dataclasses.replace(
-        get_config(*args, **kwargs), chunk_block_k=tiles[0], chunk_block_v=tiles[1]))
+        get_config(*args, **kwargs), **fields))
+
+
+def force_tiles(monkeypatch, tiles):
+    """chunk_gla launches with these [K, V] state tiles."""
+    force_config(monkeypatch, chunk_block_k=tiles[0], chunk_block_v=tiles[1])
 
 
 @needs_triton_device
@@ -245,6 +250,25 @@ def test_narrow_state_tiles_match_naive_float64(case, tiles, monkeypatch):
     check_against_reference(case, device)
 
 
+# The chunk-wide loops' step (GLAConfig.chunk_block_inner) narrower than the head: the output's and dv's
+# sums over K and dq's and dk's over V in several steps, the last one masked (heads that are no
+# multiple of the step), the gate range gathered over the K steps; with chunks on the walk
+# (half_extreme), the one dk/dg/dv pass (dv stored step by step) and the split one (128 x 128).
+INNER_CASES = [
+    ((1, 200, 1, 48, 80, 64, True, True, "half_extreme", torch.float32), 16),
+    ((2, 65, 1, 40, 72, 32, False, False, "mixed", torch.float16), 16),
+    ((1, 100, 2, 128, 128, 64, False, True, "mixed", torch.bfloat16), 32),
+]
+
+
+@needs_triton_device
+@pytest.mark.parametrize("case, inner", INNER_CASES, ids=[f"{case_id(c)}-inner{i}" for c, i in INNER_CASES])
+def test_narrow_inner_steps_match_naive_float64(case, inner, monkeypatch):
+    force_config(monkeypatch, chunk_block_inner=inner)
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    check_against_reference(case, device)
+
+
 def test_the_launch_plan_tiles_the_state_where_the_sums_allow():
     """One dk/dg/dv pass when a tile covers the head; a K-tiled and a V-tiled one otherwise."""
     one = launch_plan(32, 64, GLAConfig())
@@ -252,6 +276,10 @@ def test_the_launch_plan_tiles_the_state_where_the_sums_allow():
     split = {step: (bk, bv) for step, (_, bk, bv, _) in launch_plan(128, 128, GLAConfig()).items()}
     assert split["bwd dk dg"] == (64, 128) and split["bwd dv"] == (128, 64)
     assert split["fwd output"] == (128, 64)
+    steps = {step: extra.get("BI") for step, (_, _, _, extra) in launch_plan(128, 128, GLAConfig()).items()}
+    assert steps == {"fwd local state": None, "fwd output": 64, "bwd local state": None, "bwd dq": 64,
+                     "bwd dk dg": 64, "bwd dv": 64}
+    assert launch_plan(32, 64, GLAConfig(chunk_block_inner=128))["fwd output"][3]["BI"] == 32  # clipped to K
 
 
 @needs_triton_device

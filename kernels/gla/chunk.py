@@ -52,18 +52,20 @@ def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
     """step -> (kernel, BK, BV, extra constants) of every chunk-parallel launch of a forward and a
     backward, in launch order, with the [BK, BV] state tile each takes: the config's tiles, except
     where a kernel sums over all of K (the output's and dv's scores q k^T) or of V (dq's and dk's
-    dA = do v^T). dk, dg and dv share one pass when a tile covers the state."""
+    dA = do v^T). dk, dg and dv share one pass when a tile covers the state. BI: the step of the
+    chunk-wide loops over the summed dimension (K for the output and dv-only passes, V otherwise)."""
     full_k, full_v = block_sizes(K, V)
     tile_k, tile_v = min(full_k, cfg.chunk_block_k), min(full_v, cfg.chunk_block_v)
+    over_k, over_v = dict(BI=min(full_k, cfg.chunk_block_inner)), dict(BI=min(full_v, cfg.chunk_block_inner))
     plan = {"fwd local state": (gla_fwd_local_state_kernel, tile_k, tile_v, {}),
-            "fwd output": (gla_fwd_output_kernel, full_k, tile_v, {}),
+            "fwd output": (gla_fwd_output_kernel, full_k, tile_v, over_k),
             "bwd local state": (gla_bwd_local_state_kernel, tile_k, tile_v, {}),
-            "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, {})}
+            "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, over_v)}
     if (tile_k, tile_v) == (full_k, full_v):
-        plan["bwd dk dg dv"] = (gla_bwd_dkv_kernel, full_k, full_v, dict(DO_DK=True, DO_DV=True))
+        plan["bwd dk dg dv"] = (gla_bwd_dkv_kernel, full_k, full_v, dict(DO_DK=True, DO_DV=True, **over_v))
     else:
-        plan["bwd dk dg"] = (gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False))
-        plan["bwd dv"] = (gla_bwd_dkv_kernel, full_k, tile_v, dict(DO_DK=False, DO_DV=True))
+        plan["bwd dk dg"] = (gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False, **over_v))
+        plan["bwd dv"] = (gla_bwd_dkv_kernel, full_k, tile_v, dict(DO_DK=False, DO_DV=True, **over_k))
     return plan
 
 

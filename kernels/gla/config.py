@@ -33,6 +33,12 @@ class GLAConfig:
     # warps spill less (ptxas) but were slower everywhere, up to 4.8x (16 x 32 at 8 warps, K=32 V=64).
     chunk_block_k: int = 64
     chunk_block_v: int = 64
+    # Head-dim columns per step of the chunk-wide path's loops over a summed dimension (K in the
+    # output and dv passes, V in the dq and dk/dg passes): the loop accumulates the [BT, BT] scores
+    # and the [BT, tile] products step by step, so only [BT, inner] tiles of the inputs are live
+    # instead of [BT, K] ones (at K = V = 128, chunk 64, 4 warps, ptxas: 600-2736 spill bytes per
+    # thread in the output, dq and dk/dg passes).
+    chunk_block_inner: int = 64
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -102,15 +108,22 @@ def tile_candidates(base: GLAConfig, K: int, V: int):
     return [replace(base, chunk_block_k=bk, chunk_block_v=bv) for bk, bv in tiles]
 
 
+def inner_candidates(base: GLAConfig, K: int, V: int):
+    """Third tuning stage: the chunk-wide loops' step over the summed head dimension. Steps as wide
+    as the head are one launch, so they are tried once."""
+    widest = max(block_sizes(K, V))
+    return [replace(base, chunk_block_inner=b) for b in dict.fromkeys(min(b, widest) for b in (64, 32, 16))]
+
+
 def state_candidates(base: GLAConfig):
-    """Third tuning stage: how the state scans split K and V over programs (more programs for few
+    """Fourth tuning stage: how the state scans split K and V over programs (more programs for few
     (batch, head) pairs) and how deep their loads are prefetched."""
     return [replace(base, state_block_k=bk, state_block_v=bv, state_warps=w, num_stages=s)
             for bk, bv, w in ((8, 32, 4), (16, 32, 4), (8, 64, 4), (16, 16, 4)) for s in (2, 3)]
 
 
 def dot_candidates(base: GLAConfig, dtype: torch.dtype):
-    """Fourth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
-    candidate: the dots are in the chunk-parallel passes only, so the state split of stage three
+    """Fifth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
+    candidate: the dots are in the chunk-parallel passes only, so the state split of stage four
     still holds; whether bf16 operands move the best chunk size is left to a wider grid."""
     return [replace(base, dot_operands="bf16")] if dtype == torch.bfloat16 else []
