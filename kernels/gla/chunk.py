@@ -10,7 +10,7 @@ import triton
 from kernels import interpreting
 
 from .checks import check_gla_inputs
-from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_local_state_kernel
+from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_fused_kernel, gla_bwd_local_state_kernel
 from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
 from .config import GLAConfig, block_sizes, dot_precision
 from .scan_order import grid_side, scan_flags
@@ -52,7 +52,8 @@ def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
     """step -> (kernel, BK, BV, extra constants) of every chunk-parallel launch of a forward and a
     backward, in launch order, with the [BK, BV] state tile each takes: the config's tiles, except
     where a kernel sums over all of K (the output's and dv's scores q k^T) or of V (dq's and dk's
-    dA = do v^T). dk, dg and dv share one pass when a tile covers the state. BI: the step of the
+    dA = do v^T). When a tile covers the state, dk, dg and dv share one pass, or (cfg.fused_backward)
+    dq, dk, dg and dv do. BI: the step of the
     chunk-wide loops over the summed dimension (K for the output and dv-only passes, V otherwise)."""
     full_k, full_v = block_sizes(K, V)
     tile_k, tile_v = min(full_k, cfg.chunk_block_k), min(full_v, cfg.chunk_block_v)
@@ -61,7 +62,10 @@ def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
             "fwd output": (gla_fwd_output_kernel, full_k, tile_v, over_k),
             "bwd local state": (gla_bwd_local_state_kernel, tile_k, tile_v, {}),
             "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, over_v)}
-    if (tile_k, tile_v) == (full_k, full_v):
+    if (tile_k, tile_v) == (full_k, full_v) and cfg.fused_backward:
+        del plan["bwd dq"]
+        plan["bwd dq dk dg dv"] = (gla_bwd_fused_kernel, full_k, full_v, over_v)
+    elif (tile_k, tile_v) == (full_k, full_v):
         plan["bwd dk dg dv"] = (gla_bwd_dkv_kernel, full_k, full_v, dict(DO_DK=True, DO_DV=True, **over_v))
     else:
         plan["bwd dk dg"] = (gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False, **over_v))
@@ -133,6 +137,12 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
     ptot = torch.empty_like(gl)
     inputs = (q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g))
     chunk_args = dict(BC=SUB_CHUNK, num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
+    if "bwd dq dk dg dv" in L.plan:
+        grid, meta = L.tiles("bwd dq dk dg dv")
+        gla_bwd_fused_kernel[grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dk, *rows_layout(dk), dv,
+                                   *rows_layout(dv), dg, dg_work, ptot, scale, L.gate_scale, L.T, L.NT, L.E,
+                                   **meta, **chunk_args)
+        return dq, dk, dv, dg, dh[:, 0].reshape(L.B, L.H, L.K, L.V)
     grid, meta = L.tiles("bwd dq")
     gla_bwd_dq_kernel[grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dg_work, ptot, scale,
                             L.gate_scale, L.T, L.NT, L.E, **meta, **chunk_args)

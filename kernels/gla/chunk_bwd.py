@@ -181,6 +181,85 @@ def dq_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dq, dq_st, p_w, 
 
 
 @triton.jit
+def gla_bwd_fused_kernel(
+    q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, h, do, dh, gl, dq, dq_sb, dq_st,
+    dk, dk_sb, dk_st, dv, dv_sb, dv_st, dg, dg_work, ptot, scale, gate_scale, T, NT, E,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BI: tl.constexpr,
+    REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
+):
+    """dq, dk, dv and dg of chunk c in one program, when one [BK, BV] tile covers the state (BK >= K,
+    BV >= V): the dq and dk/dg/dv passes' work without reading the chunk's inputs twice, forming
+    do v^T twice, or parking W in dg_work. A chunk whose gates span less than CHUNK_GATE_RANGE is one
+    block of dots, its sums over V taken BI columns at a time, dv stored as they pass; any other runs
+    the dq walk and then the dk/dg/dv walk (dq_walk, dkv_walk), which hand W over in dg_work.
+
+    dg on the chunk-wide path: gla_bwd_dkv_kernel's W_t + sum_s p_s - sum_{s>=t} k_s dk_int_s with
+    W_t = ext + sum_{s<t} (u_s - p_s) (gla_bwd_dq_kernel; p = q * dq_off) is
+    ext + sum_{s<t} u_s + sum_{s>=t} (p_s - k_s dk_int_s): the same terms, one reverse cumsum."""
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
+    p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
+    p_v, p_g = v + head_offset(i_bh, H, v_sb, V), g + head_offset(i_bh, H, g_sb, K)
+    p_do, p_dq = do + head_offset(i_bh, H, T * H * V, V), dq + head_offset(i_bh, H, dq_sb, K)
+    p_dk, p_dv = dk + head_offset(i_bh, H, dk_sb, K), dv + head_offset(i_bh, H, dv_sb, V)
+    p_dg, p_w = dg + head_offset(i_bh, H, T * H * K, K), dg_work + head_offset(i_bh, H, T * H * K, K)
+    slot = i_bh.to(tl.int64) * (NT + 1) + i_c
+    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    b_graw, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_k, m_k, BT, GATE_LOGSIGMOID,
+                                              gate_scale)
+    if chunk_wide_ok(gate_range(b_gc, b_glast, BT), PREC):
+        b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
+        b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
+        m_causal, m_strict, m_diag = sub_chunk_masks(BT)
+        b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)  # k decayed to the chunk's end
+        b_At = tl.trans(tl.where(m_causal, factored_scores(b_q, b_k, b_gc, BT, PREC), 0.0) * scale)
+        b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do v^T
+        b_dos = tl.zeros([BT, BK], dtype=tl.float32)  # do S^T
+        b_vdh = tl.zeros([BT, BK], dtype=tl.float32)  # v dS_end^T
+        b_sdh = tl.zeros([BK], dtype=tl.float32)  # rowsum(S * dS_end)
+        for i_b in range((V + BI - 1) // BI):
+            o_vb = i_b * BI + tl.arange(0, BI)
+            m_vb = o_vb < V
+            b_v = load_rows(p_v, o_t, m_t, o_vb, m_vb, v_st)  # [BT, BI]
+            b_do = load_rows(p_do, o_t, m_t, o_vb, m_vb, H * V)
+            b_s = load_state(h, slot, o_k, o_vb, m_k, m_vb, K, V)  # [BK, BI] state entering the chunk
+            b_dh_end = load_state(dh, slot + 1, o_k, o_vb, m_k, m_vb, K, V)  # d state after it
+            b_dA += mma(b_do, tl.trans(b_v), PREC)
+            b_dos += mma(b_do, tl.trans(b_s), PREC)
+            b_vdh += mma(b_v, tl.trans(b_dh_end), PREC)
+            b_sdh += tl.sum(b_s * b_dh_end, axis=1)
+            store_rows(p_dv, mma(b_At, b_do, PREC) + mma(b_kd, b_dh_end, PREC), o_t, m_t, o_vb, m_vb, dv_st)
+        b_dA = b_dA * scale
+        b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)  # [BT]
+        b_dA = tl.where(m_strict, b_dA, 0.0)
+        b_dq = factored_rows(b_dA, b_k, b_gc, BT, PREC) + b_dos * tl.exp(b_gc) * scale  # dq_off
+        store_rows(p_dq, b_dq + b_dA_diag[:, None] * b_k, o_t, m_t, o_k, m_k, dq_st)
+        b_dk_int = factored_cols(b_dA, b_q, b_gc, BT, PREC)
+        b_dk_ext = b_vdh * tl.exp(b_glast[None, :] - b_gc)
+        store_rows(p_dk, b_dk_int + b_dk_ext + b_dA_diag[:, None] * b_q, o_t, m_t, o_k, m_k, dk_st)
+        b_dg = (tl.exp(b_glast) * b_sdh)[None, :] + exclusive_cumsum(b_k * b_dk_ext, BT, PREC)
+        b_dg += tl.cumsum(b_q * b_dq - b_k * b_dk_int, axis=0, reverse=True)
+        if GATE_LOGSIGMOID:  # d logsigmoid(x) / dx = sigmoid(-x)
+            b_dg = b_dg * tl.sigmoid(-b_graw) * gate_scale
+        store_rows(p_dg, b_dg, o_t, m_t, o_k, m_k, H * K)
+    else:
+        b_dh_end = load_state(dh, slot + 1, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
+        b_s = load_state(h, slot, o_k, o_v, m_k, m_v, K, V)
+        p_chunk_k = (i_bh.to(tl.int64) * NT + i_c) * K + o_k
+        b_gtot = tl.load(gl + p_chunk_k, mask=m_k, other=0.0)  # [BK] sum of the chunk's gates
+        b_ext = tl.exp(b_gtot) * tl.sum(b_s * b_dh_end, axis=1)  # [BK]
+        dq_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dq, dq_st, p_w, ptot + p_chunk_k,
+                b_s, b_dh_end, b_gtot, b_ext, scale, gate_scale, T, E, i_c, o_k, o_v, m_k, m_v,
+                H, K, V, BT, BC, BK, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC)
+        tl.debug_barrier()  # W and sum(p) in dg_work and ptot, written by other threads of this program
+        b_ptot = tl.load(ptot + p_chunk_k, mask=m_k, other=0.0)
+        dkv_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dk, dk_st, p_dv, dv_st, p_dg, p_w,
+                 b_dh_end, b_ptot, scale, gate_scale, T, E, i_c, o_k, o_v, m_k, m_v,
+                 H, K, V, BT, BC, BK, BV, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC, True, True)
+
+
+@triton.jit
 def gla_bwd_dkv_kernel(
     q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, do, dh, dk, dk_sb, dk_st, dv, dv_sb, dv_st,
     dg, dg_work, ptot, scale, gate_scale, T, NT, E,

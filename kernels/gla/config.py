@@ -39,6 +39,10 @@ class GLAConfig:
     # instead of [BT, K] ones (at K = V = 128, chunk 64, 4 warps, ptxas: 600-2736 spill bytes per
     # thread in the output, dq and dk/dg passes).
     chunk_block_inner: int = 64
+    # 1: when one state tile covers the head, one backward pass gives dq, dk, dg and dv
+    # (chunk_bwd.gla_bwd_fused_kernel: the chunk's inputs read once, do v^T formed once, no W parked
+    # in fp32 between passes); 0: the dq pass, then the dk/dg/dv pass.
+    fused_backward: int = 1
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -115,15 +119,23 @@ def inner_candidates(base: GLAConfig, K: int, V: int):
     return [replace(base, chunk_block_inner=b) for b in dict.fromkeys(min(b, widest) for b in (64, 32, 16))]
 
 
+def fusion_candidates(base: GLAConfig, K: int, V: int):
+    """Fourth tuning stage: the one-pass backward against the two passes, where a tile covers the head
+    (elsewhere both are the same launches)."""
+    covers = (min(base.chunk_block_k, block_sizes(K, V)[0]), min(base.chunk_block_v, block_sizes(K, V)[1])) \
+        == block_sizes(K, V)
+    return [replace(base, fused_backward=1 - base.fused_backward)] if covers else []
+
+
 def state_candidates(base: GLAConfig):
-    """Fourth tuning stage: how the state scans split K and V over programs (more programs for few
+    """Fifth tuning stage: how the state scans split K and V over programs (more programs for few
     (batch, head) pairs) and how deep their loads are prefetched."""
     return [replace(base, state_block_k=bk, state_block_v=bv, state_warps=w, num_stages=s)
             for bk, bv, w in ((8, 32, 4), (16, 32, 4), (8, 64, 4), (16, 16, 4)) for s in (2, 3)]
 
 
 def dot_candidates(base: GLAConfig, dtype: torch.dtype):
-    """Fifth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
-    candidate: the dots are in the chunk-parallel passes only, so the state split of stage four
+    """Sixth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
+    candidate: the dots are in the chunk-parallel passes only, so the state split of stage five
     still holds; whether bf16 operands move the best chunk size is left to a wider grid."""
     return [replace(base, dot_operands="bf16")] if dtype == torch.bfloat16 else []
