@@ -254,13 +254,13 @@ def test_narrow_state_tiles_match_naive_float64(case, tiles, monkeypatch):
 # loops' step (GLAConfig.chunk_block_inner) narrower than the head: the output's and dv's sums over K and
 # dq's and dk's over V in several steps, the last one masked (heads that are no multiple of the step),
 # the gate range gathered over the K steps; with chunks on the walk (half_extreme), the one-pass
-# backward (dv stored step by step), the two-pass one (fused_backward=0) and the split one (128 x 128).
+# backward (dv stored step by step), the two-pass one (fused_backward_max_k=0) and the split one (128 x 128).
 VARIANT_CASES = [
     ((1, 200, 1, 48, 80, 64, True, True, "half_extreme", torch.float32), dict(chunk_block_inner=16)),
     ((2, 65, 1, 40, 72, 32, False, False, "mixed", torch.float16), dict(chunk_block_inner=16)),
     ((1, 100, 2, 128, 128, 64, False, True, "mixed", torch.bfloat16), dict(chunk_block_inner=32)),
-    ((1, 200, 1, 48, 80, 64, False, True, "half_extreme", torch.float32), dict(fused_backward=0)),
-    ((2, 65, 1, 32, 64, 32, True, False, "mixed", torch.bfloat16), dict(fused_backward=0, chunk_block_inner=16)),
+    ((1, 200, 1, 48, 80, 64, False, True, "half_extreme", torch.float32), dict(fused_backward_max_k=0)),
+    ((2, 65, 1, 32, 64, 32, True, False, "mixed", torch.bfloat16), dict(fused_backward_max_k=0, chunk_block_inner=16)),
 ]
 
 
@@ -278,14 +278,14 @@ def test_the_launch_plan_tiles_the_state_where_the_sums_allow():
     and a V-tiled dv pass otherwise."""
     one = launch_plan(32, 64, GLAConfig())
     assert list(one)[-1] == "bwd dq dk dg dv" and len(one) == 4
-    two = launch_plan(32, 64, GLAConfig(fused_backward=0))
+    two = launch_plan(32, 64, GLAConfig(fused_backward_max_k=0))
     assert list(two)[-2:] == ["bwd dq", "bwd dk dg dv"]
     split = {step: (bk, bv) for step, (_, bk, bv, _) in launch_plan(128, 128, GLAConfig()).items()}
     assert split["bwd dk dg"] == (64, 128) and split["bwd dv"] == (128, 64)
     assert split["fwd output"] == (128, 64)
     steps = {step: extra.get("BI") for step, (_, _, _, extra) in launch_plan(128, 128, GLAConfig()).items()}
-    assert steps == {"fwd local state": None, "fwd output": 64, "bwd local state": None, "bwd dq": 64,
-                     "bwd dk dg": 64, "bwd dv": 64}
+    assert steps == {"fwd local state": None, "fwd output": 32, "bwd local state": None, "bwd dq": 32,
+                     "bwd dk dg": 32, "bwd dv": 32}
     assert launch_plan(32, 64, GLAConfig(chunk_block_inner=128))["fwd output"][3]["BI"] == 32  # clipped to K
 
 

@@ -52,7 +52,7 @@ def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
     """step -> (kernel, BK, BV, extra constants) of every chunk-parallel launch of a forward and a
     backward, in launch order, with the [BK, BV] state tile each takes: the config's tiles, except
     where a kernel sums over all of K (the output's and dv's scores q k^T) or of V (dq's and dk's
-    dA = do v^T). When a tile covers the state, dk, dg and dv share one pass, or (cfg.fused_backward)
+    dA = do v^T). When a tile covers the state, dk, dg and dv share one pass, or (K <= cfg.fused_backward_max_k)
     dq, dk, dg and dv do. BI: the step of the
     chunk-wide loops over the summed dimension (K for the output and dv-only passes, V otherwise)."""
     full_k, full_v = block_sizes(K, V)
@@ -62,7 +62,7 @@ def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
             "fwd output": (gla_fwd_output_kernel, full_k, tile_v, over_k),
             "bwd local state": (gla_bwd_local_state_kernel, tile_k, tile_v, {}),
             "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, over_v)}
-    if (tile_k, tile_v) == (full_k, full_v) and cfg.fused_backward:
+    if (tile_k, tile_v) == (full_k, full_v) and K <= cfg.fused_backward_max_k:
         del plan["bwd dq"]
         plan["bwd dq dk dg dv"] = (gla_bwd_fused_kernel, full_k, full_v, over_v)
     elif (tile_k, tile_v) == (full_k, full_v):

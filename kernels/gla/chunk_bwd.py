@@ -7,7 +7,7 @@
   forward walk over the sub-chunks (which needs the states S) gives dq; a backward walk (which
   needs the state gradients dS) gives dk, dv and dg. A chunk whose gates span less than
   CHUNK_GATE_RANGE skips the walks (one block of dots). When one state tile covers the head,
-  ``gla_bwd_fused_kernel`` does both passes' work in one program (GLAConfig.fused_backward).
+  ``gla_bwd_fused_kernel`` does both passes' work in one program (GLAConfig.fused_backward_max_k).
 
 dg without a post-pass: g_t enters only S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, so
 dg_t = rowsum(S_{t-1} * G_t), G_t the gradient reaching S_{t-1} through S_t. Every term of it

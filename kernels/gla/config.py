@@ -34,15 +34,18 @@ class GLAConfig:
     chunk_block_k: int = 64
     chunk_block_v: int = 64
     # Head-dim columns per step of the chunk-wide path's loops over a summed dimension (K in the
-    # output and dv passes, V in the dq and dk/dg passes): the loop accumulates the [BT, BT] scores
-    # and the [BT, tile] products step by step, so only [BT, inner] tiles of the inputs are live
-    # instead of [BT, K] ones (at K = V = 128, chunk 64, 4 warps, ptxas: 600-2736 spill bytes per
-    # thread in the output, dq and dk/dg passes).
-    chunk_block_inner: int = 64
-    # 1: when one state tile covers the head, one backward pass gives dq, dk, dg and dv
-    # (chunk_bwd.gla_bwd_fused_kernel: the chunk's inputs read once, do v^T formed once, no W parked
-    # in fp32 between passes); 0: the dq pass, then the dk/dg/dv pass.
-    fused_backward: int = 1
+    # output and dv-only passes, V in the dq and dk/dg passes): the loop accumulates the [BT, BT] scores
+    # and the [BT, tile] products step by step, so only [BT, inner] tiles of the inputs are live.
+    # H200, bf16, fwd+bwd, B*T = 131072, T = 4096 (reports/h200-2026-12-03b/gla_ab.csv), steps 64 / 32 / 16:
+    # K=32 V=64 (one backward pass) 1.57 ms at 32 (1.83 at 16); K=V=64 (two passes) 4.38 / 4.45 / 4.82;
+    # K=V=128 40.5 / 30.3 / 33.9 (16 also doubled the error, 3.8e-3 against 2.0e-3).
+    chunk_block_inner: int = 32
+    # The backward as one pass giving dq, dk, dg and dv (chunk_bwd.gla_bwd_fused_kernel: the chunk's
+    # inputs read once, do v^T formed once, no W parked in fp32 between passes) when one state tile
+    # covers the head and K <= this; otherwise the dq pass, then the dk/dg/dv pass(es). 0: never.
+    # H200 (same table, step 32): K=32 V=64 T=4096 1.57 ms against 1.99 for two passes (T=65536: 1.84
+    # against 2.25); K=V=64 5.16 against 4.45, where the one pass spills 2.2 KB per thread (ptxas).
+    fused_backward_max_k: int = 32
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -120,11 +123,12 @@ def inner_candidates(base: GLAConfig, K: int, V: int):
 
 
 def fusion_candidates(base: GLAConfig, K: int, V: int):
-    """Fourth tuning stage: the one-pass backward against the two passes, where a tile covers the head
-    (elsewhere both are the same launches)."""
-    covers = (min(base.chunk_block_k, block_sizes(K, V)[0]), min(base.chunk_block_v, block_sizes(K, V)[1])) \
-        == block_sizes(K, V)
-    return [replace(base, fused_backward=1 - base.fused_backward)] if covers else []
+    """Fourth tuning stage: the other choice of one or two backward passes, where a tile covers the
+    head (elsewhere both are the same launches)."""
+    full_k, full_v = block_sizes(K, V)
+    if (min(base.chunk_block_k, full_k), min(base.chunk_block_v, full_v)) != (full_k, full_v):
+        return []
+    return [replace(base, fused_backward_max_k=0 if K <= base.fused_backward_max_k else full_k)]
 
 
 def state_candidates(base: GLAConfig):
