@@ -1,6 +1,6 @@
 """Forward and forward + backward time of the Triton GLA at chosen launch configs, for an A/B of two trees.
 
-    PYTHONPATH=<tree> python scripts/gla_ab.py --label new --configs 64:4 128:4:chunk_block_inner=32 --out ab.csv
+    PYTHONPATH=<tree> python scripts/gla_ab.py --label b --configs 64:4 64:8:chunk_block_inner=16 --out f.csv
 
 Runs the tree's own kernels (kernels.gla of the tree on PYTHONPATH; the rest of GLAConfig at its
 defaults) at the kernel benchmark's shapes (bf16, B*T = 131072, DiG-like gates logsigmoid(x) / 16),
@@ -30,7 +30,8 @@ from kernels.gla.config import GLAConfig  # noqa: E402
 from kernels.gla.tuning import random_inputs  # noqa: E402
 
 TOKENS = 131072
-FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "config", "max_rel_err", "fwd_ms", "fwd_p10",
+FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "config", "max_rel_err", "fwd_ms",
+          "fwd_p10",
           "fwd_p90", "fwdbwd_ms", "fwdbwd_p10", "fwdbwd_p90", "error"]
 SHAPES = {"32x64": (6, (4096, 65536)), "64x64": (8, (4096,)), "128x128": (16, (4096,))}  # H, T
 
@@ -40,6 +41,7 @@ def parse_args():
     parser.add_argument("--label", required=True)
     parser.add_argument("--configs", nargs="+", default=["128:4"])
     parser.add_argument("--head-dims", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--lengths", nargs="+", type=int, help="T values in place of each class's own")
     parser.add_argument("--out")
     parser.add_argument("--compile-only", action="store_true")
     return parser.parse_args()
@@ -88,7 +90,8 @@ def measure(dims, T, H, cfg, compile_only):
         return None
     launch_small = Launch(q[:1], v[:1], cfg, reverse=False, transpose=False, gate_scale=None)
     row = dict(K=K, V=V, H=H, T=T, B=TOKENS // T, chunk=cfg.chunk_size, warps=cfg.chunk_warps,
-               config=" ".join(f"{name}={value}" for name, value in cfg.as_dict().items()), max_rel_err=f"{errors(inputs, launch_small, scale):.2e}")
+               config=" ".join(f"{name}={value}" for name, value in cfg.as_dict().items()),
+               max_rel_err=f"{errors(inputs, launch_small, scale):.2e}")
     for name, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
         row[f"{name}_ms"], row[f"{name}_p10"], row[f"{name}_p90"] = spread(
             triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="all"))
@@ -101,6 +104,7 @@ def main():
     rows = []
     for dims in args.head_dims:
         H, lengths = SHAPES[dims]
+        lengths = args.lengths or lengths
         for T in lengths:
             for cfg in configs:
                 try:

@@ -260,13 +260,21 @@ VARIANT_CASES = [
     ((2, 65, 1, 40, 72, 32, False, False, "mixed", torch.float16), dict(chunk_block_inner=16)),
     ((1, 100, 2, 128, 128, 64, False, True, "mixed", torch.bfloat16), dict(chunk_block_inner=32)),
     ((1, 200, 1, 48, 80, 64, False, True, "half_extreme", torch.float32), dict(fused_backward_max_k=0)),
-    ((2, 65, 1, 32, 64, 32, True, False, "mixed", torch.bfloat16), dict(fused_backward_max_k=0, chunk_block_inner=16)),
+    ((2, 65, 1, 32, 64, 32, True, False, "mixed", torch.bfloat16),
+     dict(fused_backward_max_k=0, chunk_block_inner=16)),
+    # the local states and the scan in place of the state walk (the default at these lengths)
+    ((1, 200, 2, 24, 40, 16, True, True, "half_extreme", torch.float32), dict(state_walk_max_chunks=0)),
+    ((2, 100, 1, 32, 64, 32, False, True, "very_negative", torch.float32), dict(state_walk_max_chunks=0)),
+    ((1, 130, 1, 128, 128, 64, True, True, "mixed", torch.bfloat16), dict(state_walk_max_chunks=0)),
 ]
 
 
+def variant_id(case, fields):
+    return case_id(case) + "".join(f"-{name}{value}" for name, value in fields.items())
+
+
 @needs_triton_device
-@pytest.mark.parametrize("case, fields", VARIANT_CASES,
-                         ids=[case_id(c) + "".join(f"-{n}{v}" for n, v in f.items()) for c, f in VARIANT_CASES])
+@pytest.mark.parametrize("case, fields", VARIANT_CASES, ids=[variant_id(c, f) for c, f in VARIANT_CASES])
 def test_launch_variants_match_naive_float64(case, fields, monkeypatch):
     force_config(monkeypatch, **fields)
     device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"

@@ -293,9 +293,9 @@ def gla_bwd_dkv_kernel(
     b_ptot = tl.load(ptot + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, mask=m_k, other=0.0)
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
     if DO_DK:
-        wide = dk_wide(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dk, dk_st, p_dv, dv_st, p_dg, p_w, dh,
-                       slot_end, b_ptot, scale, gate_scale, T, i_c, o_t, m_t, o_k, m_k, H, K, V, BT, BK, BI,
-                       GATE_LOGSIGMOID, PREC, DO_DV)
+        wide = dk_wide(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dk, dk_st, p_dv, dv_st, p_dg, p_w,
+                       dh, slot_end, b_ptot, scale, gate_scale, T, i_c, o_t, m_t, o_k, m_k, H, K, V, BT, BK,
+                       BI, GATE_LOGSIGMOID, PREC, DO_DV)
     else:
         wide = dv_wide(p_q, q_st, p_k, k_st, p_g, g_st, p_do, p_dv, dv_st, dh, slot_end, scale, gate_scale, T,
                        i_c, o_t, m_t, o_v, m_v, H, K, V, BT, BV, BI, GATE_LOGSIGMOID, PREC)
@@ -363,8 +363,8 @@ def dv_wide(p_q, q_st, p_k, k_st, p_g, g_st, p_do, p_dv, dv_st, dh, slot_end, sc
     for i_b in range((K + BI - 1) // BI):
         o_kb = i_b * BI + tl.arange(0, BI)
         m_kb = o_kb < K
-        b_graw, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_kb, m_kb, BT, GATE_LOGSIGMOID,
-                                                  gate_scale)
+        _, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_kb, m_kb, BT, GATE_LOGSIGMOID,
+                                             gate_scale)
         b_range = tl.maximum(b_range, gate_range(b_gc, b_glast, BT))
         b_q = load_rows(p_q, o_t, m_t, o_kb, m_kb, q_st)  # [BT, BI]
         b_k = load_rows(p_k, o_t, m_t, o_kb, m_kb, k_st)

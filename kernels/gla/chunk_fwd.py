@@ -180,8 +180,8 @@ def gla_fwd_output_kernel(
     for i_b in range((K + BI - 1) // BI):
         o_kb = i_b * BI + tl.arange(0, BI)
         m_kb = o_kb < K
-        b_graw, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_kb, m_kb, BT, GATE_LOGSIGMOID,
-                                                  gate_scale)
+        _, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_kb, m_kb, BT, GATE_LOGSIGMOID,
+                                             gate_scale)
         b_range = tl.maximum(b_range, gate_range(b_gc, b_glast, BT))
         b_q = load_rows(p_q, o_t, m_t, o_kb, m_kb, q_st)  # [BT, BI]
         b_k = load_rows(p_k, o_t, m_t, o_kb, m_kb, k_st)

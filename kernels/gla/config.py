@@ -46,6 +46,12 @@ class GLAConfig:
     # H200 (same table, step 32): K=32 V=64 T=4096 1.57 ms against 1.99 for two passes (T=65536: 1.84
     # against 2.25); K=V=64 5.16 against 4.45, where the one pass spills 2.2 KB per thread (ptxas).
     fused_backward_max_k: int = 32
+    # The state passes walk the chunks in one kernel (state_walk.py: each state written once) when a
+    # sequence has at most this many chunks; longer ones, which leave few (batch, head) programs to
+    # walk many chunks, take the chunk-parallel local states and the scan. At K=V=128, T=4096 the
+    # local states and scans took 9.3 of 41 ms fwd+bwd (reports/h200-2026-12-03b/kernels_split.csv).
+    # 0: never. Not yet measured on the GPU: the value is a guess (T = 4096 at chunk 64).
+    state_walk_max_chunks: int = 64
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -131,15 +137,22 @@ def fusion_candidates(base: GLAConfig, K: int, V: int):
     return [replace(base, fused_backward_max_k=0 if K <= base.fused_backward_max_k else full_k)]
 
 
+def walk_candidates(base: GLAConfig, T: int):
+    """Fifth tuning stage: the other choice of state pass (one walk over the chunks, or local states and
+    a scan) at this sequence length."""
+    chunks = triton.cdiv(T, base.chunk_size)
+    return [replace(base, state_walk_max_chunks=0 if chunks <= base.state_walk_max_chunks else chunks)]
+
+
 def state_candidates(base: GLAConfig):
-    """Fifth tuning stage: how the state scans split K and V over programs (more programs for few
+    """Sixth tuning stage: how the state scans split K and V over programs (more programs for few
     (batch, head) pairs) and how deep their loads are prefetched."""
     return [replace(base, state_block_k=bk, state_block_v=bv, state_warps=w, num_stages=s)
             for bk, bv, w in ((8, 32, 4), (16, 32, 4), (8, 64, 4), (16, 16, 4)) for s in (2, 3)]
 
 
 def dot_candidates(base: GLAConfig, dtype: torch.dtype):
-    """Sixth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
-    candidate: the dots are in the chunk-parallel passes only, so the state split of stage five
+    """Seventh tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
+    candidate: the dots are in the chunk-parallel passes only, so the state split of stage six
     still holds; whether bf16 operands move the best chunk size is left to a wider grid."""
     return [replace(base, dot_operands="bf16")] if dtype == torch.bfloat16 else []
