@@ -1,10 +1,11 @@
 """Forward and forward + backward time of the Triton GLA at chosen launch configs, for an A/B of two trees.
 
-    PYTHONPATH=<tree> python scripts/gla_ab.py --label new --configs 64:4 128:4 --out ab.csv [--compile-only]
+    PYTHONPATH=<tree> python scripts/gla_ab.py --label b --configs 64:4 64:8:chunk_block_inner=16 --out f.csv
 
 Runs the tree's own kernels (kernels.gla of the tree on PYTHONPATH; the rest of GLAConfig at its
 defaults) at the kernel benchmark's shapes (bf16, B*T = 131072, DiG-like gates logsigmoid(x) / 16),
-chunk size and chunk warps from --configs (CHUNK:WARPS). Each row: medians and the 10th / 90th
+chunk size and chunk warps from --configs (CHUNK:WARPS, then any other GLAConfig fields of that tree as
+:FIELD=VALUE). Each row: medians and the 10th / 90th
 percentiles of triton.testing.do_bench, and the largest relative error of o, dq, dk, dv, dg against
 chunk_gla_torch in float64 on the first sequence. --compile-only compiles every config (run several
 such processes at once to fill Triton's cache in parallel, then time in one process).
@@ -29,7 +30,8 @@ from kernels.gla.config import GLAConfig  # noqa: E402
 from kernels.gla.tuning import random_inputs  # noqa: E402
 
 TOKENS = 131072
-FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "max_rel_err", "fwd_ms", "fwd_p10",
+FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "config", "max_rel_err", "fwd_ms",
+          "fwd_p10",
           "fwd_p90", "fwdbwd_ms", "fwdbwd_p10", "fwdbwd_p90", "error"]
 SHAPES = {"32x64": (6, (4096, 65536)), "64x64": (8, (4096,)), "128x128": (16, (4096,))}  # H, T
 
@@ -39,6 +41,7 @@ def parse_args():
     parser.add_argument("--label", required=True)
     parser.add_argument("--configs", nargs="+", default=["128:4"])
     parser.add_argument("--head-dims", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--lengths", nargs="+", type=int, help="T values in place of each class's own")
     parser.add_argument("--out")
     parser.add_argument("--compile-only", action="store_true")
     return parser.parse_args()
@@ -60,6 +63,14 @@ def spread(times):
     return [round(times[int(p * (len(times) - 1))], 4) for p in (0.5, 0.1, 0.9)]
 
 
+def parse_config(spec: str) -> GLAConfig:
+    """"CHUNK:WARPS[:FIELD=VALUE...]" -> GLAConfig of the tree on PYTHONPATH (int values, else strings)."""
+    chunk, warps, *extra = spec.split(":")
+    fields = dict(item.split("=", 1) for item in extra)
+    fields = {name: int(value) if value.isdigit() else value for name, value in fields.items()}
+    return replace(GLAConfig(), chunk_size=int(chunk), chunk_warps=int(warps), **fields)
+
+
 def measure(dims, T, H, cfg, compile_only):
     K, V = map(int, dims.split("x"))
     inputs = random_inputs(TOKENS // T, T, H, K, V, torch.bfloat16)
@@ -79,6 +90,7 @@ def measure(dims, T, H, cfg, compile_only):
         return None
     launch_small = Launch(q[:1], v[:1], cfg, reverse=False, transpose=False, gate_scale=None)
     row = dict(K=K, V=V, H=H, T=T, B=TOKENS // T, chunk=cfg.chunk_size, warps=cfg.chunk_warps,
+               config=" ".join(f"{name}={value}" for name, value in cfg.as_dict().items()),
                max_rel_err=f"{errors(inputs, launch_small, scale):.2e}")
     for name, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
         row[f"{name}_ms"], row[f"{name}_p10"], row[f"{name}_p90"] = spread(
@@ -88,11 +100,11 @@ def measure(dims, T, H, cfg, compile_only):
 
 def main():
     args = parse_args()
-    configs = [replace(GLAConfig(), chunk_size=int(c), chunk_warps=int(w))
-               for c, w in (spec.split(":") for spec in args.configs)]
+    configs = [parse_config(spec) for spec in args.configs]
     rows = []
     for dims in args.head_dims:
         H, lengths = SHAPES[dims]
+        lengths = args.lengths or lengths
         for T in lengths:
             for cfg in configs:
                 try:

@@ -1,6 +1,7 @@
 """Registers and spills per thread of the GLA chunk kernels for an NVIDIA GPU, on a machine without one.
 
-    python scripts/gla_registers.py [--arch 90] [--chunk 128] [--warps 4] [--dots fp32|bf16] KxV[:BKxBV] ...
+    python scripts/gla_registers.py [--arch 90] [--chunk 64] [--warps 4] [--dots fp32|bf16] [--inner 32] \
+        KxV[:BKxBV] ...
 
 Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan), with
 [BK, BV] state tiles (default: GLAConfig's chunk_block_k x chunk_block_v, clipped to the head), for
@@ -28,8 +29,9 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from kernels.gla.chunk import SUB_CHUNK, launch_plan  # noqa: E402
 from kernels.gla.config import DEFAULT_CONFIG, block_sizes  # noqa: E402
+from kernels.gla.state_walk import chunk_state_walk_kernel  # noqa: E402
 
-FP32_BUFFERS = ("h", "gl", "dh", "dg_work", "ptot")  # the kernels' fp32 work buffers; inputs are bf16
+FP32_BUFFERS = ("h", "gl", "dh", "dg_work", "ptot", "x", "x0")  # fp32 work buffers (the inputs: bf16)
 SCALARS = ("scale", "gate_scale")
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
@@ -83,6 +85,9 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=DEFAULT_CONFIG.chunk_size, choices=(16, 32, 64, 128))
     parser.add_argument("--warps", type=int, default=DEFAULT_CONFIG.chunk_warps, choices=(1, 2, 4, 8))
     parser.add_argument("--stages", type=int, default=DEFAULT_CONFIG.num_stages)
+    parser.add_argument("--inner", type=int, default=DEFAULT_CONFIG.chunk_block_inner,
+                        choices=(16, 32, 64, 128),
+                        help="step of the chunk-wide loops over a summed head dim (chunk_block_inner)")
     parser.add_argument("--dots", choices=("fp32", "bf16"), default="fp32", help="dot operands (GLAConfig)")
     args = parser.parse_args(argv)
     if not CUOBJDUMP.exists():
@@ -92,11 +97,16 @@ def main(argv=None) -> int:
     prec = "bf16" if args.dots == "bf16" else "tf32"  # config.dot_precision for bf16 inputs
     for K, V, tile_k, tile_v in args.classes:
         full_k, full_v = block_sizes(K, V)
-        print(f"K={K} V={V} tiles {min(tile_k, full_k)}x{min(tile_v, full_v)}, "
-              f"chunk {args.chunk}, {args.warps} warps, {args.dots} dots, sm_{args.arch}:")
+        print(f"K={K} V={V} tiles {min(tile_k, full_k)}x{min(tile_v, full_v)}, chunk {args.chunk}, "
+              f"{args.warps} warps, {args.dots} dots, inner step {args.inner}, sm_{args.arch}:")
         base = dict(H=1, K=K, V=V, BT=args.chunk, BC=SUB_CHUNK, REVERSE=False, TRANSPOSE=False,
                     GATE_LOGSIGMOID=True, PREC=prec)
-        plan = launch_plan(K, V, replace(DEFAULT_CONFIG, chunk_block_k=tile_k, chunk_block_v=tile_v))
+        plan = launch_plan(K, V, replace(DEFAULT_CONFIG, chunk_block_k=tile_k, chunk_block_v=tile_v,
+                                         chunk_block_inner=args.inner))
+        _, walk_bk, walk_bv, _ = plan["fwd local state"]
+        for way in ("fwd", "bwd"):
+            plan[f"state walk {way}"] = (chunk_state_walk_kernel, walk_bk, walk_bv,
+                                         dict(USE_X0=True, BACKWARD=way == "bwd"))
         for label, (fn, bk, bv, extra) in plan.items():
             regs, spill = resources(fn, dict(base, BK=bk, BV=bv, **extra), args.arch, args.warps, args.stages)
             print(f"  {label:16s} [{bk:>3}, {bv:>3}] tile: {regs:3d} registers, {spill:5d} spill bytes "

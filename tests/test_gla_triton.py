@@ -229,11 +229,16 @@ TILE_CASES = [
 ]
 
 
-def force_tiles(monkeypatch, tiles):
-    """chunk_gla launches with these [K, V] state tiles, every other field as tuning.get_config gives it."""
+def force_config(monkeypatch, **fields):
+    """chunk_gla launches with these GLAConfig fields, every other one as tuning.get_config gives it."""
     get_config = tuning.get_config
     monkeypatch.setattr(tuning, "get_config", lambda *args, **kwargs: dataclasses.replace(
-        get_config(*args, **kwargs), chunk_block_k=tiles[0], chunk_block_v=tiles[1]))
+        get_config(*args, **kwargs), **fields))
+
+
+def force_tiles(monkeypatch, tiles):
+    """chunk_gla launches with these [K, V] state tiles."""
+    force_config(monkeypatch, chunk_block_k=tiles[0], chunk_block_v=tiles[1])
 
 
 @needs_triton_device
@@ -245,13 +250,51 @@ def test_narrow_state_tiles_match_naive_float64(case, tiles, monkeypatch):
     check_against_reference(case, device)
 
 
+# Launch variants that regroup the same sums, so the thresholds are the default launch's. The chunk-wide
+# loops' step (GLAConfig.chunk_block_inner) narrower than the head: the output's and dv's sums over K and
+# dq's and dk's over V in several steps, the last one masked (heads that are no multiple of the step),
+# the gate range gathered over the K steps; with chunks on the walk (half_extreme), the one-pass
+# backward (dv stored step by step), the two-pass one (fused_backward_max_k=0) and the split one (128 x 128).
+VARIANT_CASES = [
+    ((1, 200, 1, 48, 80, 64, True, True, "half_extreme", torch.float32), dict(chunk_block_inner=16)),
+    ((2, 65, 1, 40, 72, 32, False, False, "mixed", torch.float16), dict(chunk_block_inner=16)),
+    ((1, 100, 2, 128, 128, 64, False, True, "mixed", torch.bfloat16), dict(chunk_block_inner=32)),
+    ((1, 200, 1, 48, 80, 64, False, True, "half_extreme", torch.float32), dict(fused_backward_max_k=0)),
+    ((2, 65, 1, 32, 64, 32, True, False, "mixed", torch.bfloat16),
+     dict(fused_backward_max_k=0, chunk_block_inner=16)),
+    # the local states and the scan in place of the state walk (the default at these lengths)
+    ((1, 200, 2, 24, 40, 16, True, True, "half_extreme", torch.float32), dict(state_walk_max_chunks=0)),
+    ((2, 100, 1, 32, 64, 32, False, True, "very_negative", torch.float32), dict(state_walk_max_chunks=0)),
+    ((1, 130, 1, 128, 128, 64, True, True, "mixed", torch.bfloat16), dict(state_walk_max_chunks=0)),
+]
+
+
+def variant_id(case, fields):
+    return case_id(case) + "".join(f"-{name}{value}" for name, value in fields.items())
+
+
+@needs_triton_device
+@pytest.mark.parametrize("case, fields", VARIANT_CASES, ids=[variant_id(c, f) for c, f in VARIANT_CASES])
+def test_launch_variants_match_naive_float64(case, fields, monkeypatch):
+    force_config(monkeypatch, **fields)
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    check_against_reference(case, device)
+
+
 def test_the_launch_plan_tiles_the_state_where_the_sums_allow():
-    """One dk/dg/dv pass when a tile covers the head; a K-tiled and a V-tiled one otherwise."""
+    """One dq/dk/dg/dv pass (or dq, then dk/dg/dv) when a tile covers the head; a K-tiled dq and dk/dg
+    and a V-tiled dv pass otherwise."""
     one = launch_plan(32, 64, GLAConfig())
-    assert list(one)[-1] == "bwd dk dg dv" and len(one) == 5
+    assert list(one)[-1] == "bwd dq dk dg dv" and len(one) == 4
+    two = launch_plan(32, 64, GLAConfig(fused_backward_max_k=0))
+    assert list(two)[-2:] == ["bwd dq", "bwd dk dg dv"]
     split = {step: (bk, bv) for step, (_, bk, bv, _) in launch_plan(128, 128, GLAConfig()).items()}
     assert split["bwd dk dg"] == (64, 128) and split["bwd dv"] == (128, 64)
     assert split["fwd output"] == (128, 64)
+    steps = {step: extra.get("BI") for step, (_, _, _, extra) in launch_plan(128, 128, GLAConfig()).items()}
+    assert steps == {"fwd local state": None, "fwd output": 32, "bwd local state": None, "bwd dq": 32,
+                     "bwd dk dg": 32, "bwd dv": 32}
+    assert launch_plan(32, 64, GLAConfig(chunk_block_inner=128))["fwd output"][3]["BI"] == 32  # clipped to K
 
 
 @needs_triton_device

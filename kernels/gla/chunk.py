@@ -10,11 +10,12 @@ import triton
 from kernels import interpreting
 
 from .checks import check_gla_inputs
-from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_local_state_kernel
+from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_fused_kernel, gla_bwd_local_state_kernel
 from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
 from .config import GLAConfig, block_sizes, dot_precision
 from .scan_order import grid_side, scan_flags
 from .state_scan import MAX_GROUP, chunk_state_scan_kernel
+from .state_walk import chunk_state_walk_kernel
 
 SUB_CHUNK = 16  # tl.dot needs >= 16 rows; the [16, 16, K] intra-chunk decay tensor stays in registers
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -52,18 +53,24 @@ def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
     """step -> (kernel, BK, BV, extra constants) of every chunk-parallel launch of a forward and a
     backward, in launch order, with the [BK, BV] state tile each takes: the config's tiles, except
     where a kernel sums over all of K (the output's and dv's scores q k^T) or of V (dq's and dk's
-    dA = do v^T). dk, dg and dv share one pass when a tile covers the state."""
+    dA = do v^T). When a tile covers the state, dk, dg and dv share one pass, or
+    (K <= cfg.fused_backward_max_k) dq, dk, dg and dv do. BI: the step of the
+    chunk-wide loops over the summed dimension (K for the output and dv-only passes, V otherwise)."""
     full_k, full_v = block_sizes(K, V)
     tile_k, tile_v = min(full_k, cfg.chunk_block_k), min(full_v, cfg.chunk_block_v)
+    over_k, over_v = dict(BI=min(full_k, cfg.chunk_block_inner)), dict(BI=min(full_v, cfg.chunk_block_inner))
     plan = {"fwd local state": (gla_fwd_local_state_kernel, tile_k, tile_v, {}),
-            "fwd output": (gla_fwd_output_kernel, full_k, tile_v, {}),
+            "fwd output": (gla_fwd_output_kernel, full_k, tile_v, over_k),
             "bwd local state": (gla_bwd_local_state_kernel, tile_k, tile_v, {}),
-            "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, {})}
-    if (tile_k, tile_v) == (full_k, full_v):
-        plan["bwd dk dg dv"] = (gla_bwd_dkv_kernel, full_k, full_v, dict(DO_DK=True, DO_DV=True))
+            "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, over_v)}
+    if (tile_k, tile_v) == (full_k, full_v) and K <= cfg.fused_backward_max_k:
+        del plan["bwd dq"]
+        plan["bwd dq dk dg dv"] = (gla_bwd_fused_kernel, full_k, full_v, over_v)
+    elif (tile_k, tile_v) == (full_k, full_v):
+        plan["bwd dk dg dv"] = (gla_bwd_dkv_kernel, full_k, full_v, dict(DO_DK=True, DO_DV=True, **over_v))
     else:
-        plan["bwd dk dg"] = (gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False))
-        plan["bwd dv"] = (gla_bwd_dkv_kernel, full_k, tile_v, dict(DO_DK=False, DO_DV=True))
+        plan["bwd dk dg"] = (gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False, **over_v))
+        plan["bwd dv"] = (gla_bwd_dkv_kernel, full_k, tile_v, dict(DO_DK=False, DO_DV=True, **over_k))
     return plan
 
 
@@ -86,6 +93,17 @@ def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
                                   num_stages=cfg.num_stages)
 
 
+def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool):
+    """The state pass as one walk over the chunks (state_walk.py): forward (a, b = k, v) fills the
+    states x and gl, backward (a, b = q, do) the state gradients x from gl; one program per (batch,
+    head) and state tile of the local-state launches."""
+    (_, n_bh, n_tiles), meta = launch.tiles("fwd local state")
+    chunk_state_walk_kernel[(1, n_bh, n_tiles)](
+        a, *rows_layout(a), b, *rows_layout(b), g, *rows_layout(g), x, gl, x0, scale, launch.gate_scale,
+        launch.T, launch.NT, launch.E, **meta, USE_X0=x0 is not None, BACKWARD=backward,
+        num_warps=launch.cfg.chunk_warps, num_stages=launch.cfg.num_stages)
+
+
 def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     """Forward. Returns o [B, T, H, V] (contiguous, v's dtype), the chunk states h [B*H, NT+1, K, V]
     fp32 (h[:, NT] is the final state) and the chunk log decays gl [B*H, NT, K] fp32, both kept
@@ -95,10 +113,13 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
     o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
     grid, meta = L.tiles("fwd local state")
-    gla_fwd_local_state_kernel[grid](
-        k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, gl, L.gate_scale, L.T, L.NT, L.E,
-        **meta, num_warps=cfg.chunk_warps)
-    launch_state_scan(h, gl, h0, False, cfg)
+    if L.NT <= cfg.state_walk_max_chunks:
+        launch_state_walk(k, v, g, h, gl, h0, 1.0, L, backward=False)
+    else:
+        gla_fwd_local_state_kernel[grid](
+            k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, gl, L.gate_scale, L.T, L.NT, L.E,
+            **meta, num_warps=cfg.chunk_warps)
+        launch_state_scan(h, gl, h0, False, cfg)
     grid, meta = L.tiles("fwd output")
     gla_fwd_output_kernel[grid](
         q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, o, scale,
@@ -119,11 +140,14 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
                  torch.empty(v.shape, device=q.device, dtype=v.dtype),
                  torch.empty(g.shape, device=q.device, dtype=g.dtype))
     dq, dk, dv, dg = grads
-    grid, meta = L.tiles("bwd local state")
-    gla_bwd_local_state_kernel[grid](
-        q, *rows_layout(q), g, *rows_layout(g), do, dh, scale, L.gate_scale, L.T, L.NT, L.E,
-        **meta, num_warps=cfg.chunk_warps)
-    launch_state_scan(dh, gl, dht, True, cfg)
+    if L.NT <= cfg.state_walk_max_chunks:
+        launch_state_walk(q, do, g, dh, gl, dht, scale, L, backward=True)
+    else:
+        grid, meta = L.tiles("bwd local state")
+        gla_bwd_local_state_kernel[grid](
+            q, *rows_layout(q), g, *rows_layout(g), do, dh, scale, L.gate_scale, L.T, L.NT, L.E,
+            **meta, num_warps=cfg.chunk_warps)
+        launch_state_scan(dh, gl, dht, True, cfg)
     # dg_work parks W (see the dq kernel) in fp32; dg can hold it itself when it is fp32 and has
     # dg_work's contiguous layout.
     contiguous_fp32 = dg.dtype == torch.float32 and dg.is_contiguous()
@@ -131,6 +155,12 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
     ptot = torch.empty_like(gl)
     inputs = (q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g))
     chunk_args = dict(BC=SUB_CHUNK, num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
+    if "bwd dq dk dg dv" in L.plan:
+        grid, meta = L.tiles("bwd dq dk dg dv")
+        gla_bwd_fused_kernel[grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dk, *rows_layout(dk), dv,
+                                   *rows_layout(dv), dg, dg_work, ptot, scale, L.gate_scale, L.T, L.NT, L.E,
+                                   **meta, **chunk_args)
+        return dq, dk, dv, dg, dh[:, 0].reshape(L.B, L.H, L.K, L.V)
     grid, meta = L.tiles("bwd dq")
     gla_bwd_dq_kernel[grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dg_work, ptot, scale,
                             L.gate_scale, L.T, L.NT, L.E, **meta, **chunk_args)

@@ -36,6 +36,7 @@ from .intra import (
     decayed_scores,
     factored_scores,
     fast_path_ok,
+    gate_range,
     gate_total_at_last_token,
     mma,
     round_to_bf16_nearest_even,
@@ -145,44 +146,54 @@ def gla_fwd_local_state_kernel(
 
 
 @triton.jit
-def chunk_gates(p_g, g_st, i_c, T, E, o_k, m_k, BT: tl.constexpr, REVERSE: tl.constexpr,
-                TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, gate_scale):
+def chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_k, m_k, BT: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr,
+                      gate_scale):
     """What every chunk-parallel pass reads first, to choose between the chunk-wide path and the
-    walk: chunk c's token rows and mask (scan_rows), its raw g tile, gate cumsum [BT, BK] and gate
-    total at its last token [BK]."""
-    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    walk: the raw g tile of chunk c's rows o_t and K lanes o_k, its gate cumsum [BT, BK] and its gate
+    total at the chunk's last token [BK]."""
     b_graw, b_g = load_log_gates(p_g, o_t, m_t, o_k, m_k, g_st, GATE_LOGSIGMOID, gate_scale)
     b_gc = tl.cumsum(b_g, axis=0)
-    return o_t, m_t, b_graw, b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT)
+    return b_graw, b_gc, gate_total_at_last_token(b_gc, i_c * BT, T, BT)
 
 
 @triton.jit
 def gla_fwd_output_kernel(
     q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, h, o, scale, gate_scale, T, NT, E,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BI: tl.constexpr,
     REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
 ):
     """o of chunk c ([B, T, H, V], contiguous) from the state entering it. One program per chunk and
-    BV columns of V; BK >= K, as the scores q k^T sum over all of K. A chunk whose gates span less
-    than CHUNK_GATE_RANGE is one block of dots; any other walks its sub-chunks (output_walk)."""
+    BV columns of V; BK >= K, as the scores q k^T sum over all of K. The chunk-wide sums run over K
+    in steps of BI columns, and with them the chunk's gate range; a chunk whose gates span less than
+    CHUNK_GATE_RANGE keeps them, any other walks its sub-chunks instead (output_walk)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
     p_q, p_k = q + head_offset(i_bh, H, q_sb, K), k + head_offset(i_bh, H, k_sb, K)
     p_v, p_g = v + head_offset(i_bh, H, v_sb, V), g + head_offset(i_bh, H, g_sb, K)
     p_o = o + head_offset(i_bh, H, T * H * V, V)
-    b_s = load_state(h, i_bh.to(tl.int64) * (NT + 1) + i_c, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
-    o_t, m_t, b_graw, b_gc, b_glast = chunk_gates(p_g, g_st, i_c, T, E, o_k, m_k, BT, REVERSE, TRANSPOSE,
-                                                  GATE_LOGSIGMOID, gate_scale)
-    if chunk_wide_ok(b_gc, b_glast, BT, PREC):
-        b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
-        b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
-        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
+    slot = i_bh.to(tl.int64) * (NT + 1) + i_c
+    o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)  # scores, unmasked
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)  # (q exp(G)) S
+    b_range = tl.full([], 0.0, dtype=tl.float32)
+    for i_b in range((K + BI - 1) // BI):
+        o_kb = i_b * BI + tl.arange(0, BI)
+        m_kb = o_kb < K
+        _, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_kb, m_kb, BT, GATE_LOGSIGMOID,
+                                             gate_scale)
+        b_range = tl.maximum(b_range, gate_range(b_gc, b_glast, BT))
+        b_q = load_rows(p_q, o_t, m_t, o_kb, m_kb, q_st)  # [BT, BI]
+        b_k = load_rows(p_k, o_t, m_t, o_kb, m_kb, k_st)
+        b_A += factored_scores(b_q, b_k, b_gc, BT, PREC)
+        b_o += mma(b_q * tl.exp(b_gc), load_state(h, slot, o_kb, o_v, m_kb, m_v, K, V), PREC)
+    if chunk_wide_ok(b_range, PREC):
         m_causal, _, _ = sub_chunk_masks(BT)
-        b_A = tl.where(m_causal, factored_scores(b_q, b_k, b_gc, BT, PREC), 0.0)  # [BT, BT]
-        b_o = mma(b_q * tl.exp(b_gc), b_s, PREC) + mma(b_A, b_v, PREC)
+        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
+        b_o += mma(tl.where(m_causal, b_A, 0.0), b_v, PREC)
         store_rows(p_o, b_o * scale, o_t, m_t, o_v, m_v, H * V)
     else:
+        b_s = load_state(h, slot, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
         output_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_o, b_s, scale, gate_scale, T, E, i_c,
                     o_k, o_v, m_k, m_v, H, V, BT, BC, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC)
 

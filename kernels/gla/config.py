@@ -33,6 +33,25 @@ class GLAConfig:
     # warps spill less (ptxas) but were slower everywhere, up to 4.8x (16 x 32 at 8 warps, K=32 V=64).
     chunk_block_k: int = 64
     chunk_block_v: int = 64
+    # Head-dim columns per step of the chunk-wide path's loops over a summed dimension (K in the
+    # output and dv-only passes, V in the dq and dk/dg passes): the loop accumulates the [BT, BT] scores
+    # and the [BT, tile] products step by step, so only [BT, inner] tiles of the inputs are live.
+    # H200, bf16, fwd+bwd, B*T = 131072, T = 4096 (reports/h200-2026-12-03b/gla_ab.csv), steps 64 / 32 / 16:
+    # K=32 V=64 (one backward pass) 1.57 ms at 32 (1.83 at 16); K=V=64 (two passes) 4.38 / 4.45 / 4.82;
+    # K=V=128 40.5 / 30.3 / 33.9 (16 also doubled the error, 3.8e-3 against 2.0e-3).
+    chunk_block_inner: int = 32
+    # The backward as one pass giving dq, dk, dg and dv (chunk_bwd.gla_bwd_fused_kernel: the chunk's
+    # inputs read once, do v^T formed once, no W parked in fp32 between passes) when one state tile
+    # covers the head and K <= this; otherwise the dq pass, then the dk/dg/dv pass(es). 0: never.
+    # H200 (same table, step 32): K=32 V=64 T=4096 1.57 ms against 1.99 for two passes (T=65536: 1.84
+    # against 2.25); K=V=64 5.16 against 4.45, where the one pass spills 2.2 KB per thread (ptxas).
+    fused_backward_max_k: int = 32
+    # The state passes walk the chunks in one kernel (state_walk.py: each state written once) when a
+    # sequence has at most this many chunks; longer ones, which leave few (batch, head) programs to
+    # walk many chunks, take the chunk-parallel local states and the scan. At K=V=128, T=4096 the
+    # local states and scans took 9.3 of 41 ms fwd+bwd (reports/h200-2026-12-03b/kernels_split.csv).
+    # 0: never. Not yet measured on the GPU: the value is a guess (T = 4096 at chunk 64).
+    state_walk_max_chunks: int = 64
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -102,15 +121,38 @@ def tile_candidates(base: GLAConfig, K: int, V: int):
     return [replace(base, chunk_block_k=bk, chunk_block_v=bv) for bk, bv in tiles]
 
 
+def inner_candidates(base: GLAConfig, K: int, V: int):
+    """Third tuning stage: the chunk-wide loops' step over the summed head dimension. Steps as wide
+    as the head are one launch, so they are tried once."""
+    widest = max(block_sizes(K, V))
+    return [replace(base, chunk_block_inner=b) for b in dict.fromkeys(min(b, widest) for b in (64, 32, 16))]
+
+
+def fusion_candidates(base: GLAConfig, K: int, V: int):
+    """Fourth tuning stage: the other choice of one or two backward passes, where a tile covers the
+    head (elsewhere both are the same launches)."""
+    full_k, full_v = block_sizes(K, V)
+    if (min(base.chunk_block_k, full_k), min(base.chunk_block_v, full_v)) != (full_k, full_v):
+        return []
+    return [replace(base, fused_backward_max_k=0 if K <= base.fused_backward_max_k else full_k)]
+
+
+def walk_candidates(base: GLAConfig, T: int):
+    """Fifth tuning stage: the other choice of state pass (one walk over the chunks, or local states and
+    a scan) at this sequence length."""
+    chunks = triton.cdiv(T, base.chunk_size)
+    return [replace(base, state_walk_max_chunks=0 if chunks <= base.state_walk_max_chunks else chunks)]
+
+
 def state_candidates(base: GLAConfig):
-    """Third tuning stage: how the state scans split K and V over programs (more programs for few
+    """Sixth tuning stage: how the state scans split K and V over programs (more programs for few
     (batch, head) pairs) and how deep their loads are prefetched."""
     return [replace(base, state_block_k=bk, state_block_v=bv, state_warps=w, num_stages=s)
             for bk, bv, w in ((8, 32, 4), (16, 32, 4), (8, 64, 4), (16, 16, 4)) for s in (2, 3)]
 
 
 def dot_candidates(base: GLAConfig, dtype: torch.dtype):
-    """Fourth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
-    candidate: the dots are in the chunk-parallel passes only, so the state split of stage three
+    """Seventh tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
+    candidate: the dots are in the chunk-parallel passes only, so the state split of stage six
     still holds; whether bf16 operands move the best chunk size is left to a wider grid."""
     return [replace(base, dot_operands="bf16")] if dtype == torch.bfloat16 else []

@@ -102,21 +102,28 @@ def gate_total_at_last_token(b_gc, i_start, T, BC: tl.constexpr):
 
 
 @triton.jit
-def fast_path_ok(b_gc, b_glast, BC: tl.constexpr, LIMIT: tl.constexpr):
-    """Scalar: the gate range of these BC tokens (largest over the K lanes of G_0 - G_last) is below
-    LIMIT, so the factored dot path stays finite (SAFE_GATE_RANGE) or accurate (CHUNK_GATE_RANGE)."""
-    return tl.max(row_of(b_gc, 0, BC) - b_glast, axis=0) < LIMIT
+def gate_range(b_gc, b_glast, BC: tl.constexpr):
+    """Scalar: the gate range of these BC tokens, the largest over the K lanes of G_0 - G_last."""
+    return tl.max(row_of(b_gc, 0, BC) - b_glast, axis=0)
 
 
 @triton.jit
-def chunk_wide_ok(b_gc, b_glast, BT: tl.constexpr, PREC: tl.constexpr):
-    """Scalar: this chunk takes the chunk-wide path (its gates span less than CHUNK_GATE_RANGE). Never
-    with bf16 dot operands: there the H200 gave dq 0.86 relative error at the DiG shape (B4 T4096 H6,
-    chunk 128; the interpreter and fp32 operands were right), so they keep the sub-chunk walk."""
+def fast_path_ok(b_gc, b_glast, BC: tl.constexpr, LIMIT: tl.constexpr):
+    """Scalar: the gate range of these BC tokens is below LIMIT, so the factored dot path stays finite
+    (SAFE_GATE_RANGE) or accurate (CHUNK_GATE_RANGE)."""
+    return gate_range(b_gc, b_glast, BC) < LIMIT
+
+
+@triton.jit
+def chunk_wide_ok(b_range, PREC: tl.constexpr):
+    """Scalar: a chunk whose gate range (gate_range over all the K lanes a program sums over) is
+    b_range takes the chunk-wide path: below CHUNK_GATE_RANGE. Never with bf16 dot operands: there
+    the H200 gave dq 0.86 relative error at the DiG shape (B4 T4096 H6, chunk 128; the interpreter
+    and fp32 operands were right), so they keep the sub-chunk walk."""
     if PREC == "bf16":
-        ok = fast_path_ok(b_gc, b_glast, BT, -1.0)  # a gate range is >= 0: never
+        ok = b_range < -1.0  # a gate range is >= 0: never
     else:
-        ok = fast_path_ok(b_gc, b_glast, BT, CHUNK_GATE_RANGE)
+        ok = b_range < CHUNK_GATE_RANGE
     return ok
 
 
