@@ -28,6 +28,7 @@ from .chunk_fwd import (
     load_state,
     scan_rows,
     store_rows,
+    sums_over_k,
 )
 from .intra import (
     SAFE_GATE_RANGE,
@@ -106,21 +107,8 @@ def gla_bwd_dq_kernel(
                                               gate_scale)
     if chunk_wide_ok(gate_range(b_gc, b_glast, BT), PREC):
         # the sums over V, BI columns at a time
-        b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do v^T
-        b_dos = tl.zeros([BT, BK], dtype=tl.float32)  # do S^T
-        b_vdh = tl.zeros([BT, BK], dtype=tl.float32)  # v dS_end^T
-        b_sdh = tl.zeros([BK], dtype=tl.float32)  # rowsum(S * dS_end)
-        for i_b in range((V + BI - 1) // BI):
-            o_vb = i_b * BI + tl.arange(0, BI)
-            m_vb = o_vb < V
-            b_v = load_rows(p_v, o_t, m_t, o_vb, m_vb, v_st)  # [BT, BI]
-            b_do = load_rows(p_do, o_t, m_t, o_vb, m_vb, H * V)
-            b_s = load_state(h, slot, o_k, o_vb, m_k, m_vb, K, V)  # [BK, BI] state entering the chunk
-            b_dh_end = load_state(dh, slot + 1, o_k, o_vb, m_k, m_vb, K, V)  # d state after it
-            b_dA += mma(b_do, tl.trans(b_v), PREC)
-            b_dos += mma(b_do, tl.trans(b_s), PREC)
-            b_vdh += mma(b_v, tl.trans(b_dh_end), PREC)
-            b_sdh += tl.sum(b_s * b_dh_end, axis=1)
+        b_dA, b_dos, b_vdh, b_sdh = sums_over_v(p_v, v_st, p_do, h, dh, slot, o_t, m_t, o_k, m_k, None, None,
+                                                None, None, H, K, V, BT, BK, BI, PREC, False)
         b_q = load_rows(p_q, o_t, m_t, o_k, m_k, q_st)  # [BT, BK]
         b_k = load_rows(p_k, o_t, m_t, o_k, m_k, k_st)
         _, m_strict, m_diag = sub_chunk_masks(BT)
@@ -141,6 +129,35 @@ def gla_bwd_dq_kernel(
         dq_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_do, p_dq, dq_st, p_w, ptot + p_chunk_k,
                 b_s, b_dh_end, b_gtot, b_ext, scale, gate_scale, T, E, i_c, o_k, o_v, m_k, m_v,
                 H, K, V, BT, BC, BK, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC)
+
+
+@triton.jit
+def sums_over_v(p_v, v_st, p_do, h, dh, slot, o_t, m_t, o_k, m_k, p_dv, dv_st, b_At, b_kd,
+                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                BI: tl.constexpr, PREC: tl.constexpr, STORE_DV: tl.constexpr):
+    """The chunk-wide sums over V of the dq and the one-pass backward, BI columns at a time: do v^T
+    ([BT, BT]), do S^T and v dS_end^T ([BT, BK]) and rowsum(S * dS_end) ([BK]), with S the state
+    entering the chunk (h[slot]) and dS_end the gradient of the one after it (dh[slot + 1]). With
+    STORE_DV, dv = b_At do + b_kd dS_end is stored BI columns at a time as they pass (b_At: the
+    scaled, masked scores transposed [BT, BT]; b_kd: k decayed to the chunk's end [BT, BK])."""
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dos = tl.zeros([BT, BK], dtype=tl.float32)
+    b_vdh = tl.zeros([BT, BK], dtype=tl.float32)
+    b_sdh = tl.zeros([BK], dtype=tl.float32)
+    for i_b in range((V + BI - 1) // BI):
+        o_vb = i_b * BI + tl.arange(0, BI)
+        m_vb = o_vb < V
+        b_v = load_rows(p_v, o_t, m_t, o_vb, m_vb, v_st)  # [BT, BI]
+        b_do = load_rows(p_do, o_t, m_t, o_vb, m_vb, H * V)
+        b_s = load_state(h, slot, o_k, o_vb, m_k, m_vb, K, V)  # [BK, BI]
+        b_dh_end = load_state(dh, slot + 1, o_k, o_vb, m_k, m_vb, K, V)
+        b_dA += mma(b_do, tl.trans(b_v), PREC)
+        b_dos += mma(b_do, tl.trans(b_s), PREC)
+        b_vdh += mma(b_v, tl.trans(b_dh_end), PREC)
+        b_sdh += tl.sum(b_s * b_dh_end, axis=1)
+        if STORE_DV:
+            store_rows(p_dv, mma(b_At, b_do, PREC) + mma(b_kd, b_dh_end, PREC), o_t, m_t, o_vb, m_vb, dv_st)
+    return b_dA, b_dos, b_vdh, b_sdh
 
 
 @triton.jit
@@ -216,22 +233,9 @@ def gla_bwd_fused_kernel(
         m_causal, m_strict, m_diag = sub_chunk_masks(BT)
         b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)  # k decayed to the chunk's end
         b_At = tl.trans(tl.where(m_causal, factored_scores(b_q, b_k, b_gc, BT, PREC), 0.0) * scale)
-        b_dA = tl.zeros([BT, BT], dtype=tl.float32)  # do v^T
-        b_dos = tl.zeros([BT, BK], dtype=tl.float32)  # do S^T
-        b_vdh = tl.zeros([BT, BK], dtype=tl.float32)  # v dS_end^T
-        b_sdh = tl.zeros([BK], dtype=tl.float32)  # rowsum(S * dS_end)
-        for i_b in range((V + BI - 1) // BI):
-            o_vb = i_b * BI + tl.arange(0, BI)
-            m_vb = o_vb < V
-            b_v = load_rows(p_v, o_t, m_t, o_vb, m_vb, v_st)  # [BT, BI]
-            b_do = load_rows(p_do, o_t, m_t, o_vb, m_vb, H * V)
-            b_s = load_state(h, slot, o_k, o_vb, m_k, m_vb, K, V)  # [BK, BI] state entering the chunk
-            b_dh_end = load_state(dh, slot + 1, o_k, o_vb, m_k, m_vb, K, V)  # d state after it
-            b_dA += mma(b_do, tl.trans(b_v), PREC)
-            b_dos += mma(b_do, tl.trans(b_s), PREC)
-            b_vdh += mma(b_v, tl.trans(b_dh_end), PREC)
-            b_sdh += tl.sum(b_s * b_dh_end, axis=1)
-            store_rows(p_dv, mma(b_At, b_do, PREC) + mma(b_kd, b_dh_end, PREC), o_t, m_t, o_vb, m_vb, dv_st)
+        # the sums over V, BI columns at a time, dv stored as they pass
+        b_dA, b_dos, b_vdh, b_sdh = sums_over_v(p_v, v_st, p_do, h, dh, slot, o_t, m_t, o_k, m_k, p_dv, dv_st,
+                                                b_At, b_kd, H, K, V, BT, BK, BI, PREC, True)
         b_dA = b_dA * scale
         b_dA_diag = tl.sum(tl.where(m_diag, b_dA, 0.0), axis=1)  # [BT]
         b_dA = tl.where(m_strict, b_dA, 0.0)
@@ -357,20 +361,8 @@ def dv_wide(p_q, q_st, p_k, k_st, p_g, g_st, p_do, p_dv, dv_st, dh, slot_end, sc
     """gla_bwd_dkv_kernel's dv-only program (BK >= K) as one block of dots if its chunk's gates allow
     (returned): the scores and (k decayed) dS_end sum over K BI columns at a time, and with them the
     chunk's gate range, as in the forward output pass."""
-    b_A = tl.zeros([BT, BT], dtype=tl.float32)  # scores, unmasked
-    b_dv = tl.zeros([BT, BV], dtype=tl.float32)  # (k decayed to the chunk's end) dS_end
-    b_range = tl.full([], 0.0, dtype=tl.float32)
-    for i_b in range((K + BI - 1) // BI):
-        o_kb = i_b * BI + tl.arange(0, BI)
-        m_kb = o_kb < K
-        _, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_kb, m_kb, BT, GATE_LOGSIGMOID,
-                                             gate_scale)
-        b_range = tl.maximum(b_range, gate_range(b_gc, b_glast, BT))
-        b_q = load_rows(p_q, o_t, m_t, o_kb, m_kb, q_st)  # [BT, BI]
-        b_k = load_rows(p_k, o_t, m_t, o_kb, m_kb, k_st)
-        b_A += factored_scores(b_q, b_k, b_gc, BT, PREC)
-        b_kd = b_k * tl.exp(b_glast[None, :] - b_gc)
-        b_dv += mma(b_kd, load_state(dh, slot_end, o_kb, o_v, m_kb, m_v, K, V), PREC)
+    b_A, b_dv, b_range = sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, dh, slot_end, gate_scale, T, i_c, o_t,
+                                     m_t, o_v, m_v, K, V, BT, BV, BI, GATE_LOGSIGMOID, PREC, True)
     wide = chunk_wide_ok(b_range, PREC)
     if wide:
         m_causal, _, _ = sub_chunk_masks(BT)

@@ -174,8 +174,29 @@ def gla_fwd_output_kernel(
     p_o = o + head_offset(i_bh, H, T * H * V, V)
     slot = i_bh.to(tl.int64) * (NT + 1) + i_c
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
-    b_A = tl.zeros([BT, BT], dtype=tl.float32)  # scores, unmasked
-    b_o = tl.zeros([BT, BV], dtype=tl.float32)  # (q exp(G)) S
+    b_A, b_o, b_range = sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, h, slot, gate_scale, T, i_c, o_t, m_t,
+                                    o_v, m_v, K, V, BT, BV, BI, GATE_LOGSIGMOID, PREC, False)
+    if chunk_wide_ok(b_range, PREC):
+        m_causal, _, _ = sub_chunk_masks(BT)
+        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
+        b_o += mma(tl.where(m_causal, b_A, 0.0), b_v, PREC)
+        store_rows(p_o, b_o * scale, o_t, m_t, o_v, m_v, H * V)
+    else:
+        b_s = load_state(h, slot, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
+        output_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_o, b_s, scale, gate_scale, T, E, i_c,
+                    o_k, o_v, m_k, m_v, H, V, BT, BC, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC)
+
+
+@triton.jit
+def sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, p_state, slot, gate_scale, T, i_c, o_t, m_t, o_v, m_v,
+                K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, BI: tl.constexpr,
+                GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr, KEYS: tl.constexpr):
+    """The chunk-wide sums over K of the output pass (KEYS False) and the dv-only pass (KEYS True), BI
+    columns at a time: the unmasked scores q k^T with the gates' decay (factored_scores, [BT, BT]),
+    (q exp(G)) S or, with KEYS, (k exp(G_last - G)) dS ([BT, BV], S or dS: slot of the fp32 states
+    p_state), and the chunk's gate range over all the K lanes (chunk_wide_ok decides with it)."""
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    b_x = tl.zeros([BT, BV], dtype=tl.float32)
     b_range = tl.full([], 0.0, dtype=tl.float32)
     for i_b in range((K + BI - 1) // BI):
         o_kb = i_b * BI + tl.arange(0, BI)
@@ -186,16 +207,12 @@ def gla_fwd_output_kernel(
         b_q = load_rows(p_q, o_t, m_t, o_kb, m_kb, q_st)  # [BT, BI]
         b_k = load_rows(p_k, o_t, m_t, o_kb, m_kb, k_st)
         b_A += factored_scores(b_q, b_k, b_gc, BT, PREC)
-        b_o += mma(b_q * tl.exp(b_gc), load_state(h, slot, o_kb, o_v, m_kb, m_v, K, V), PREC)
-    if chunk_wide_ok(b_range, PREC):
-        m_causal, _, _ = sub_chunk_masks(BT)
-        b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
-        b_o += mma(tl.where(m_causal, b_A, 0.0), b_v, PREC)
-        store_rows(p_o, b_o * scale, o_t, m_t, o_v, m_v, H * V)
-    else:
-        b_s = load_state(h, slot, o_k, o_v, m_k, m_v, K, V)  # [BK, BV]
-        output_walk(p_q, q_st, p_k, k_st, p_v, v_st, p_g, g_st, p_o, b_s, scale, gate_scale, T, E, i_c,
-                    o_k, o_v, m_k, m_v, H, V, BT, BC, REVERSE, TRANSPOSE, GATE_LOGSIGMOID, PREC)
+        if KEYS:
+            b_y = b_k * tl.exp(b_glast[None, :] - b_gc)
+        else:
+            b_y = b_q * tl.exp(b_gc)
+        b_x += mma(b_y, load_state(p_state, slot, o_kb, o_v, m_kb, m_v, K, V), PREC)
+    return b_A, b_x, b_range
 
 
 @triton.jit
