@@ -36,15 +36,16 @@ FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "config"
 SHAPES = {"32x64": (6, (4096, 65536)), "64x64": (8, (4096,)), "128x128": (16, (4096,))}  # H, T
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True)
-    parser.add_argument("--configs", nargs="+", default=["128:4"])
+    parser.add_argument("--configs", nargs="+", type=parse_config, default=[GLAConfig()],
+                        help="CHUNK:WARPS[:FIELD=VALUE...] (default: the tree's GLAConfig())")
     parser.add_argument("--head-dims", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--lengths", nargs="+", type=int, help="T values in place of each class's own")
     parser.add_argument("--out")
     parser.add_argument("--compile-only", action="store_true")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def errors(inputs, launch, scale):
@@ -64,11 +65,16 @@ def spread(times):
 
 
 def parse_config(spec: str) -> GLAConfig:
-    """"CHUNK:WARPS[:FIELD=VALUE...]" -> GLAConfig of the tree on PYTHONPATH (int values, else strings)."""
-    chunk, warps, *extra = spec.split(":")
-    fields = dict(item.split("=", 1) for item in extra)
-    fields = {name: int(value) if value.isdigit() else value for name, value in fields.items()}
-    return replace(GLAConfig(), chunk_size=int(chunk), chunk_warps=int(warps), **fields)
+    """"CHUNK:WARPS[:FIELD=VALUE...]" -> GLAConfig of the tree on PYTHONPATH (int values, else strings);
+    argparse.ArgumentTypeError (a one-line usage error) for a malformed spec or a field the tree lacks."""
+    try:
+        chunk, warps, *extra = spec.split(":")
+        fields = dict(item.split("=", 1) for item in extra)
+        fields = {name: int(value) if value.isdigit() else value for name, value in fields.items()}
+        return replace(GLAConfig(), chunk_size=int(chunk), chunk_warps=int(warps), **fields)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"bad config {spec!r} (CHUNK:WARPS[:FIELD=VALUE...]): {error}") \
+            from None
 
 
 def measure(dims, T, H, cfg, compile_only):
@@ -98,9 +104,9 @@ def measure(dims, T, H, cfg, compile_only):
     return row
 
 
-def main():
-    args = parse_args()
-    configs = [parse_config(spec) for spec in args.configs]
+def main(argv=None):
+    args = parse_args(argv)
+    configs = args.configs
     rows = []
     for dims in args.head_dims:
         H, lengths = SHAPES[dims]
