@@ -30,9 +30,8 @@ from kernels.gla.config import GLAConfig  # noqa: E402
 from kernels.gla.tuning import random_inputs  # noqa: E402
 
 TOKENS = 131072
-FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "config", "max_rel_err", "fwd_ms",
-          "fwd_p10",
-          "fwd_p90", "fwdbwd_ms", "fwdbwd_p10", "fwdbwd_p90", "error"]
+FIELDS = ["label", "commit", "K", "V", "H", "T", "B", "chunk", "warps", "config", "max_rel_err",
+          "fwd_ms", "fwd_p10", "fwd_p90", "fwdbwd_ms", "fwdbwd_p10", "fwdbwd_p90", "error"]
 SHAPES = {"32x64": (6, (4096, 65536)), "64x64": (8, (4096,)), "128x128": (16, (4096,))}  # H, T
 
 

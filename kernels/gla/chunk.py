@@ -12,7 +12,7 @@ from kernels import interpreting
 from .checks import check_gla_inputs
 from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_fused_kernel, gla_bwd_local_state_kernel
 from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
-from .config import GLAConfig, block_sizes, dot_precision
+from .config import GLAConfig, block_sizes, dot_precision, tiles_cover_head
 from .scan_order import grid_side, scan_flags
 from .state_scan import MAX_GROUP, chunk_state_scan_kernel
 from .state_walk import chunk_state_walk_kernel
@@ -63,10 +63,11 @@ def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
             "fwd output": (gla_fwd_output_kernel, full_k, tile_v, over_k),
             "bwd local state": (gla_bwd_local_state_kernel, tile_k, tile_v, {}),
             "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, over_v)}
-    if (tile_k, tile_v) == (full_k, full_v) and K <= cfg.fused_backward_max_k:
+    covers = tiles_cover_head(cfg, K, V)
+    if covers and K <= cfg.fused_backward_max_k:
         del plan["bwd dq"]
         plan["bwd dq dk dg dv"] = (gla_bwd_fused_kernel, full_k, full_v, over_v)
-    elif (tile_k, tile_v) == (full_k, full_v):
+    elif covers:
         plan["bwd dk dg dv"] = (gla_bwd_dkv_kernel, full_k, full_v, dict(DO_DK=True, DO_DV=True, **over_v))
     else:
         plan["bwd dk dg"] = (gla_bwd_dkv_kernel, tile_k, full_v, dict(DO_DK=True, DO_DV=False, **over_v))
@@ -112,10 +113,10 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
     o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
-    grid, meta = L.tiles("fwd local state")
     if L.NT <= cfg.state_walk_max_chunks:
         launch_state_walk(k, v, g, h, gl, h0, 1.0, L, backward=False)
     else:
+        grid, meta = L.tiles("fwd local state")
         gla_fwd_local_state_kernel[grid](
             k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, gl, L.gate_scale, L.T, L.NT, L.E,
             **meta, num_warps=cfg.chunk_warps)

@@ -50,7 +50,9 @@ class GLAConfig:
     # sequence has at most this many chunks; longer ones, which leave few (batch, head) programs to
     # walk many chunks, take the chunk-parallel local states and the scan. At K=V=128, T=4096 the
     # local states and scans took 9.3 of 41 ms fwd+bwd (reports/h200-2026-12-03b/kernels_split.csv).
-    # 0: never. Not yet measured on the GPU: the value is a guess (T = 4096 at chunk 64).
+    # 0: never. H200, fwd+bwd, walk against scan (reports/h200-2026-12-03c/gla_ab.csv): K=V=64 T=4096
+    # 3.99 against 4.45 ms, K=V=128 26.9 against 30.3, K=32 V=64 T=256 1.41 against 1.47 but T=4096
+    # (64 chunks) 1.59 against 1.57; longer sequences not measured with the walk.
     state_walk_max_chunks: int = 64
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
@@ -111,6 +113,13 @@ def chunk_candidates(base: GLAConfig):
     return [replace(base, chunk_size=c, chunk_warps=w) for c in CHUNK_SIZES for w in (2, 4)]
 
 
+def tiles_cover_head(cfg: GLAConfig, K: int, V: int) -> bool:
+    """Whether one [chunk_block_k, chunk_block_v] state tile covers the [K, V] head (block_sizes),
+    so that a single backward program holds the whole state (chunk.launch_plan)."""
+    full_k, full_v = block_sizes(K, V)
+    return cfg.chunk_block_k >= full_k and cfg.chunk_block_v >= full_v
+
+
 def tile_candidates(base: GLAConfig, K: int, V: int):
     """Second tuning stage: the chunk kernels' state tiles (K and V lanes per program), at the
     warps of stage one (8 warps were slower with every tile on the H200). Tiles wider than the head
@@ -131,10 +140,9 @@ def inner_candidates(base: GLAConfig, K: int, V: int):
 def fusion_candidates(base: GLAConfig, K: int, V: int):
     """Fourth tuning stage: the other choice of one or two backward passes, where a tile covers the
     head (elsewhere both are the same launches)."""
-    full_k, full_v = block_sizes(K, V)
-    if (min(base.chunk_block_k, full_k), min(base.chunk_block_v, full_v)) != (full_k, full_v):
+    if not tiles_cover_head(base, K, V):
         return []
-    return [replace(base, fused_backward_max_k=0 if K <= base.fused_backward_max_k else full_k)]
+    return [replace(base, fused_backward_max_k=0 if K <= base.fused_backward_max_k else block_sizes(K, V)[0])]
 
 
 def walk_candidates(base: GLAConfig, T: int):
