@@ -103,15 +103,22 @@ def measure(dims, T, H, cfg, compile_only):
     return row
 
 
+def append_row(path, row):
+    """One row onto the CSV at path (its header first when new), so a run cut short keeps what it measured."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    configs = args.configs
-    rows = []
     for dims in args.head_dims:
         H, lengths = SHAPES[dims]
-        lengths = args.lengths or lengths
-        for T in lengths:
-            for cfg in configs:
+        for T in args.lengths or lengths:
+            for cfg in args.configs:
                 try:
                     row = measure(dims, T, H, cfg, args.compile_only)
                 except Exception as error:  # noqa: BLE001 -- one config failing must not lose the rest
@@ -119,15 +126,9 @@ def main(argv=None):
                                error=" ".join(str(error).split())[:200])
                 if row:
                     row = dict(label=args.label, commit=os.environ.get("BENCH_GIT_COMMIT", ""), **row)
-                    rows.append(row)
                     print(row, flush=True)
-    if args.out and rows:
-        new = not os.path.exists(args.out)
-        with open(args.out, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+                    if args.out:
+                        append_row(args.out, row)
 
 
 if __name__ == "__main__":

@@ -27,3 +27,12 @@ def test_a_bad_config_is_a_one_line_usage_error(bad, capsys):
         gla_ab.parse_args(["--label", "x", "--configs", bad])
     assert exit_info.value.code == 2
     assert f"bad config {bad!r}" in capsys.readouterr().err
+
+
+def test_rows_are_appended_as_measured_with_one_header(tmp_path):
+    out = tmp_path / "ab.csv"
+    gla_ab.append_row(out, dict(label="a", T=256, fwd_ms=1.5))
+    gla_ab.append_row(out, dict(label="b", T=4096, fwd_ms=2.5))
+    lines = out.read_text().splitlines()
+    assert lines[0].split(",") == gla_ab.FIELDS and len(lines) == 3
+    assert lines[2].startswith("b,") and ",4096," in lines[2]

@@ -170,11 +170,12 @@ def test_launch_config_carries_dot_operands_as_ints(cache_file, fake_gpu, monkey
         GLAConfig(dot_operands="fp8")
 
 
-@pytest.mark.parametrize("dtype, count", [(torch.bfloat16, 24), (torch.float16, 23)])
+@pytest.mark.parametrize("dtype, count", [(torch.bfloat16, 26), (torch.float16, 25)])
 def test_bf16_dot_operands_are_one_more_candidate_for_bf16_inputs(cache_file, fake_gpu, monkeypatch, dtype,
                                                                    count):
     """8 chunk x warps candidates, 2 state tiles (the distinct ones at K=32, V=64), 3 steps of the
-    chunk-wide loops, the two-pass backward, the state scan in place of the walk, 8 state-scan splits,
+    chunk-wide loops, the two-pass backward, the state scan in place of the walk, 2 narrower walk tiles
+    ([32, 32], [32, 16]), 8 state-scan splits,
     then (bf16 only) the best of those with bf16 dots."""
     monkeypatch.setattr(tuning, "time_config", lambda inputs, cfg: 1.0 - 0.5 * (cfg.dot_operands == "bf16"))
     monkeypatch.setattr(tuning, "random_inputs", lambda *shape: None)

@@ -50,17 +50,23 @@ class Launch:
 
 
 def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
-    """step -> (kernel, BK, BV, extra constants) of every chunk-parallel launch of a forward and a
-    backward, in launch order, with the [BK, BV] state tile each takes: the config's tiles, except
+    """step -> (kernel, BK, BV, extra constants) of every launch of a forward and a backward but the
+    state scans, in launch order, with the [BK, BV] state tile each takes: the config's tiles, except
     where a kernel sums over all of K (the output's and dv's scores q k^T) or of V (dq's and dk's
-    dA = do v^T). When a tile covers the state, dk, dg and dv share one pass, or
-    (K <= cfg.fused_backward_max_k) dq, dk, dg and dv do. BI: the step of the
-    chunk-wide loops over the summed dimension (K for the output and dv-only passes, V otherwise)."""
+    dA = do v^T), and the output pass, which has its own V tile and K step. When a tile covers the
+    state, dk, dg and dv share one pass, or (K <= cfg.fused_backward_max_k) dq, dk, dg and dv do. BI:
+    the step of the chunk-wide loops over the summed dimension (K for the output and dv-only passes,
+    V otherwise).
+    First the state walk (forward and backward), which stands in for the local states and the scan on
+    short sequences (chunk_gla_fwd), with its own tile."""
     full_k, full_v = block_sizes(K, V)
     tile_k, tile_v = min(full_k, cfg.chunk_block_k), min(full_v, cfg.chunk_block_v)
     over_k, over_v = dict(BI=min(full_k, cfg.chunk_block_inner)), dict(BI=min(full_v, cfg.chunk_block_inner))
-    plan = {"fwd local state": (gla_fwd_local_state_kernel, tile_k, tile_v, {}),
-            "fwd output": (gla_fwd_output_kernel, full_k, tile_v, over_k),
+    plan = {"state walk": (chunk_state_walk_kernel, min(full_k, cfg.state_walk_block_k),
+                           min(full_v, cfg.state_walk_block_v), {}),
+            "fwd local state": (gla_fwd_local_state_kernel, tile_k, tile_v, {}),
+            "fwd output": (gla_fwd_output_kernel, full_k, min(full_v, cfg.output_block_v),
+                           dict(BI=min(full_k, cfg.output_block_inner))),
             "bwd local state": (gla_bwd_local_state_kernel, tile_k, tile_v, {}),
             "bwd dq": (gla_bwd_dq_kernel, tile_k, full_v, over_v)}
     covers = tiles_cover_head(cfg, K, V)
@@ -97,8 +103,8 @@ def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
 def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool):
     """The state pass as one walk over the chunks (state_walk.py): forward (a, b = k, v) fills the
     states x and gl, backward (a, b = q, do) the state gradients x from gl; one program per (batch,
-    head) and state tile of the local-state launches."""
-    (_, n_bh, n_tiles), meta = launch.tiles("fwd local state")
+    head) and walk tile (GLAConfig.state_walk_block_k, state_walk_block_v)."""
+    (_, n_bh, n_tiles), meta = launch.tiles("state walk")
     chunk_state_walk_kernel[(1, n_bh, n_tiles)](
         a, *rows_layout(a), b, *rows_layout(b), g, *rows_layout(g), x, gl, x0, scale, launch.gate_scale,
         launch.T, launch.NT, launch.E, **meta, USE_X0=x0 is not None, BACKWARD=backward,

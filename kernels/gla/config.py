@@ -40,6 +40,11 @@ class GLAConfig:
     # K=32 V=64 (one backward pass) 1.57 ms at 32 (1.83 at 16); K=V=64 (two passes) 4.38 / 4.45 / 4.82;
     # K=V=128 40.5 / 30.3 / 33.9 (16 also doubled the error, 3.8e-3 against 2.0e-3).
     chunk_block_inner: int = 32
+    # The forward output pass's own V tile and K step (it sums the scores over K, so it takes all of K
+    # per program): V columns per program (each program forms the chunk's [BT, BT] scores again, so a
+    # wider tile forms them fewer times) and the step of its loop over K.
+    output_block_v: int = 64
+    output_block_inner: int = 32
     # The backward as one pass giving dq, dk, dg and dv (chunk_bwd.gla_bwd_fused_kernel: the chunk's
     # inputs read once, do v^T formed once, no W parked in fp32 between passes) when one state tile
     # covers the head and K <= this; otherwise the dq pass, then the dk/dg/dv pass(es). 0: never.
@@ -54,6 +59,12 @@ class GLAConfig:
     # 3.99 against 4.45 ms, K=V=128 26.9 against 30.3, K=32 V=64 T=256 1.41 against 1.47 but T=4096
     # (64 chunks) 1.59 against 1.57; longer sequences not measured with the walk.
     state_walk_max_chunks: int = 64
+    # State tile of one walk program (K rows, V columns), apart from the chunk kernels' tiles: the walk
+    # has one program per (batch, head) and tile, each stepping through every chunk, so a narrow tile
+    # buys programs (K=32 V=64 at T=4096, B*H=192: one [32, 64] tile is 192 programs on 132 SMs) at
+    # the price of re-reading the other operand (k or q with g for each V tile, v or do for each K tile).
+    state_walk_block_k: int = 64
+    state_walk_block_v: int = 64
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -131,36 +142,57 @@ def tile_candidates(base: GLAConfig, K: int, V: int):
 
 
 def inner_candidates(base: GLAConfig, K: int, V: int):
-    """Third tuning stage: the chunk-wide loops' step over the summed head dimension. Steps as wide
-    as the head are one launch, so they are tried once."""
+    """Third tuning stage: the chunk-wide loops' step over the summed head dimension (the backward's and
+    the dv-only pass's; the output pass has its own). Steps as wide as the head are one launch, so they
+    are tried once."""
     widest = max(block_sizes(K, V))
     return [replace(base, chunk_block_inner=b) for b in dict.fromkeys(min(b, widest) for b in (64, 32, 16))]
 
 
+def output_candidates(base: GLAConfig, K: int, V: int):
+    """Fourth tuning stage: the output pass's V tile and K step (only the forward output kernel moves).
+    Tiles and steps as wide as the head are one launch, so they are tried once."""
+    full_k, full_v = block_sizes(K, V)
+    current = (min(base.output_block_v, full_v), min(base.output_block_inner, full_k))
+    shapes = dict.fromkeys((min(bv, full_v), min(bi, full_k)) for bv in (64, 128) for bi in (32, 64, 128))
+    return [replace(base, output_block_v=bv, output_block_inner=bi)
+            for bv, bi in shapes if (bv, bi) != current]
+
+
 def fusion_candidates(base: GLAConfig, K: int, V: int):
-    """Fourth tuning stage: the other choice of one or two backward passes, where a tile covers the
+    """Fifth tuning stage: the other choice of one or two backward passes, where a tile covers the
     head (elsewhere both are the same launches)."""
     if not tiles_cover_head(base, K, V):
         return []
     return [replace(base, fused_backward_max_k=0 if K <= base.fused_backward_max_k else block_sizes(K, V)[0])]
 
 
-def walk_candidates(base: GLAConfig, T: int):
-    """Fifth tuning stage: the other choice of state pass (one walk over the chunks, or local states and
-    a scan) at this sequence length."""
+def walk_candidates(base: GLAConfig, T: int, K: int, V: int):
+    """Sixth tuning stage: the other choice of state pass (one walk over the chunks, or local states and
+    a scan) at this sequence length, and the walk with narrower or wider state tiles. Tiles as wide as
+    the head are one launch, so they are tried once."""
     chunks = triton.cdiv(T, base.chunk_size)
-    return [replace(base, state_walk_max_chunks=0 if chunks <= base.state_walk_max_chunks else chunks)]
+    walking = replace(base, state_walk_max_chunks=max(chunks, base.state_walk_max_chunks))
+    full_k, full_v = block_sizes(K, V)
+    current = (min(base.state_walk_block_k, full_k), min(base.state_walk_block_v, full_v))
+    tiles = dict.fromkeys((min(bk, full_k), min(bv, full_v))
+                          for bk, bv in ((64, 64), (64, 32), (64, 16), (32, 16)))
+    walks = [replace(walking, state_walk_block_k=bk, state_walk_block_v=bv)
+             for bk, bv in tiles if (bk, bv) != current]
+    if chunks <= base.state_walk_max_chunks:
+        return [replace(base, state_walk_max_chunks=0), *walks]
+    return [walking, *walks]
 
 
 def state_candidates(base: GLAConfig):
-    """Sixth tuning stage: how the state scans split K and V over programs (more programs for few
+    """Seventh tuning stage: how the state scans split K and V over programs (more programs for few
     (batch, head) pairs) and how deep their loads are prefetched."""
     return [replace(base, state_block_k=bk, state_block_v=bv, state_warps=w, num_stages=s)
             for bk, bv, w in ((8, 32, 4), (16, 32, 4), (8, 64, 4), (16, 16, 4)) for s in (2, 3)]
 
 
 def dot_candidates(base: GLAConfig, dtype: torch.dtype):
-    """Seventh tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
+    """Eighth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
     candidate: the dots are in the chunk-parallel passes only, so the state split of stage six
     still holds; whether bf16 operands move the best chunk size is left to a wider grid."""
     return [replace(base, dot_operands="bf16")] if dtype == torch.bfloat16 else []

@@ -27,6 +27,7 @@ from .config import (
     dot_candidates,
     fusion_candidates,
     inner_candidates,
+    output_candidates,
     state_candidates,
     tile_candidates,
     walk_candidates,
@@ -140,16 +141,18 @@ def time_or_error(inputs, cfg: GLAConfig) -> tuple[float | None, str]:
 
 
 def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
-    """Seven stages (config.py): chunk size x chunk warps, the chunk kernels' state tiles, the chunk-wide
-    loops' step, one or two backward passes, a state walk or scan, the scan's split, then bf16 dot
-    operands (bf16 inputs). Returns the cache entry; RuntimeError if
-    no candidate runs at this shape. Candidates that fail have ms None and their error in the table."""
+    """Eight stages (config.py): chunk size x chunk warps, the chunk kernels' state tiles, the chunk-wide
+    loops' step, the output pass's tile and step, one or two backward passes, a state walk or scan (and
+    the walk's tile), the scan's split, then bf16 dot operands (bf16 inputs). Returns the cache entry;
+    RuntimeError if no candidate runs at this shape. Candidates that fail have ms None and their error
+    in the table."""
     inputs = random_inputs(B, T, H, K, V, dtype)
     table = []
     best = None
     stages = (chunk_candidates, functools.partial(tile_candidates, K=K, V=V),
-              functools.partial(inner_candidates, K=K, V=V), functools.partial(fusion_candidates, K=K, V=V),
-              functools.partial(walk_candidates, T=T), state_candidates,
+              functools.partial(inner_candidates, K=K, V=V), functools.partial(output_candidates, K=K, V=V),
+              functools.partial(fusion_candidates, K=K, V=V),
+              functools.partial(walk_candidates, T=T, K=K, V=V), state_candidates,
               functools.partial(dot_candidates, dtype=dtype))
     for stage in stages:
         base = best[0] if best else DEFAULT_CONFIG
