@@ -5,7 +5,7 @@
 Runs the tree's own kernels (kernels.gla of the tree on PYTHONPATH; the rest of GLAConfig at its
 defaults) at the kernel benchmark's shapes (bf16, B*T = 131072, DiG-like gates logsigmoid(x) / 16),
 chunk size and chunk warps from --configs (CHUNK:WARPS, then any other GLAConfig fields of that tree as
-:FIELD=VALUE). Each row: medians and the 10th / 90th
+:FIELD=VALUE; or "default", each class's untuned config). Each row: medians and the 10th / 90th
 percentiles of triton.testing.do_bench, and the largest relative error of o, dq, dk, dv, dg against
 chunk_gla_torch in float64 on the first sequence. --compile-only compiles every config (run several
 such processes at once to fill Triton's cache in parallel, then time in one process).
@@ -25,6 +25,7 @@ import triton
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 from bench.numerics import worst_error  # noqa: E402
 from kernels.gla import chunk_gla_torch  # noqa: E402
+from kernels.gla import config as gla_config  # noqa: E402
 from kernels.gla.chunk import Launch, chunk_gla_bwd, chunk_gla_fwd  # noqa: E402
 from kernels.gla.config import GLAConfig  # noqa: E402
 from kernels.gla.tuning import random_inputs  # noqa: E402
@@ -38,8 +39,9 @@ SHAPES = {"32x64": (6, (4096, 65536)), "64x64": (8, (4096,)), "128x128": (16, (4
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True)
-    parser.add_argument("--configs", nargs="+", type=parse_config, default=[GLAConfig()],
-                        help="CHUNK:WARPS[:FIELD=VALUE...] (default: the tree's GLAConfig())")
+    parser.add_argument("--configs", nargs="+", type=parse_config, default=[None],
+                        help="CHUNK:WARPS[:FIELD=VALUE...], or 'default': the tree's untuned config of each "
+                             "head-dim class (the default)")
     parser.add_argument("--head-dims", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--lengths", nargs="+", type=int, help="T values in place of each class's own")
     parser.add_argument("--out")
@@ -63,9 +65,12 @@ def spread(times):
     return [round(times[int(p * (len(times) - 1))], 4) for p in (0.5, 0.1, 0.9)]
 
 
-def parse_config(spec: str) -> GLAConfig:
-    """"CHUNK:WARPS[:FIELD=VALUE...]" -> GLAConfig of the tree on PYTHONPATH (int values, else strings);
-    argparse.ArgumentTypeError (a one-line usage error) for a malformed spec or a field the tree lacks."""
+def parse_config(spec: str) -> GLAConfig | None:
+    """"CHUNK:WARPS[:FIELD=VALUE...]" -> GLAConfig of the tree on PYTHONPATH (int values, else strings),
+    "default" -> None (class_default); argparse.ArgumentTypeError (a one-line usage error) for a
+    malformed spec or a field the tree lacks."""
+    if spec == "default":
+        return None
     try:
         chunk, warps, *extra = spec.split(":")
         fields = dict(item.split("=", 1) for item in extra)
@@ -76,8 +81,14 @@ def parse_config(spec: str) -> GLAConfig:
             from None
 
 
+def class_default(K: int, V: int) -> GLAConfig:
+    """The tree's untuned config of the head-dim class (trees before per-class defaults: GLAConfig())."""
+    return getattr(gla_config, "default_config", lambda K, V: GLAConfig())(K, V)
+
+
 def measure(dims, T, H, cfg, compile_only):
     K, V = map(int, dims.split("x"))
+    cfg = cfg or class_default(K, V)
     inputs = random_inputs(TOKENS // T, T, H, K, V, torch.bfloat16)
     q, k, v, g, do = inputs
     scale = K**-0.5
@@ -122,8 +133,7 @@ def main(argv=None):
                 try:
                     row = measure(dims, T, H, cfg, args.compile_only)
                 except Exception as error:  # noqa: BLE001 -- one config failing must not lose the rest
-                    row = dict(K=dims, T=T, chunk=cfg.chunk_size, warps=cfg.chunk_warps,
-                               error=" ".join(str(error).split())[:200])
+                    row = dict(K=dims, T=T, config=cfg or "default", error=" ".join(str(error).split())[:200])
                 if row:
                     row = dict(label=args.label, commit=os.environ.get("BENCH_GIT_COMMIT", ""), **row)
                     print(row, flush=True)

@@ -103,7 +103,7 @@ def main(argv=None) -> int:
                     GATE_LOGSIGMOID=True, PREC=prec)
         plan = launch_plan(K, V, replace(DEFAULT_CONFIG, chunk_block_k=tile_k, chunk_block_v=tile_v,
                                          chunk_block_inner=args.inner))
-        _, walk_bk, walk_bv, _ = plan.pop("state walk")
+        _, walk_bk, walk_bv, _ = plan["fwd local state"]
         for way in ("fwd", "bwd"):
             plan[f"state walk {way}"] = (chunk_state_walk_kernel, walk_bk, walk_bv,
                                          dict(USE_X0=True, BACKWARD=way == "bwd"))

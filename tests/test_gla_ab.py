@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels.gla.config import GLAConfig
+from kernels.gla.config import GLAConfig, default_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gla_ab.py"
 spec = importlib.util.spec_from_file_location("gla_ab", SCRIPT)
@@ -18,7 +18,8 @@ def test_configs_name_chunk_warps_and_any_other_field():
     args = gla_ab.parse_args(["--label", "new", "--configs", *configs])
     wide = GLAConfig(chunk_size=64, chunk_warps=4, chunk_block_inner=16, dot_operands="bf16")
     assert args.configs == [GLAConfig(chunk_size=32, chunk_warps=2), wide]
-    assert gla_ab.parse_args(["--label", "x"]).configs == [GLAConfig()]
+    assert gla_ab.parse_args(["--label", "x"]).configs == [None]  # each class's default
+    assert gla_ab.class_default(64, 64) == default_config(64, 64) != GLAConfig()
 
 
 @pytest.mark.parametrize("bad", ["64", "64:four", "64:4:no_such_field=1", "64:4:dot_operands=fp8"])

@@ -266,12 +266,12 @@ VARIANT_CASES = [
     ((1, 200, 2, 24, 40, 16, True, True, "half_extreme", torch.float32), dict(state_walk_max_chunks=0)),
     ((2, 100, 1, 32, 64, 32, False, True, "very_negative", torch.float32), dict(state_walk_max_chunks=0)),
     ((1, 130, 1, 128, 128, 64, True, True, "mixed", torch.bfloat16), dict(state_walk_max_chunks=0)),
+    # the walk over many chunks, taken for its program count (state_walk_min_programs)
+    ((2, 200, 1, 32, 64, 16, True, True, "half_extreme", torch.float32),
+     dict(state_walk_max_chunks=1, state_walk_min_programs=2)),
     # the output pass's own tile and step: one V tile wider than the head, K in masked steps of 16
     ((1, 100, 1, 48, 72, 32, False, True, "mixed", torch.float32),
      dict(output_block_v=128, output_block_inner=16)),
-    # narrow walk tiles: two K tiles (gl written by the first V tile of each) and a masked last V tile
-    ((1, 150, 2, 48, 72, 32, True, True, "half_extreme", torch.float32),
-     dict(state_walk_block_k=32, state_walk_block_v=16)),
 ]
 
 
@@ -291,16 +291,14 @@ def test_the_launch_plan_tiles_the_state_where_the_sums_allow():
     """One dq/dk/dg/dv pass (or dq, then dk/dg/dv) when a tile covers the head; a K-tiled dq and dk/dg
     and a V-tiled dv pass otherwise."""
     one = launch_plan(32, 64, GLAConfig())
-    assert list(one)[-1] == "bwd dq dk dg dv" and len(one) == 5
+    assert list(one)[-1] == "bwd dq dk dg dv" and len(one) == 4
     two = launch_plan(32, 64, GLAConfig(fused_backward_max_k=0))
     assert list(two)[-2:] == ["bwd dq", "bwd dk dg dv"]
     split = {step: (bk, bv) for step, (_, bk, bv, _) in launch_plan(128, 128, GLAConfig()).items()}
     assert split["bwd dk dg"] == (64, 128) and split["bwd dv"] == (128, 64)
     assert split["fwd output"] == (128, 64)
     steps = {step: extra.get("BI") for step, (_, _, _, extra) in launch_plan(128, 128, GLAConfig()).items()}
-    assert split["state walk"] == (64, 64)
-    assert launch_plan(32, 64, GLAConfig(state_walk_block_v=16))["state walk"][1:3] == (32, 16)
-    assert steps == {"state walk": None, "fwd local state": None, "fwd output": 32, "bwd local state": None,
+    assert steps == {"fwd local state": None, "fwd output": 32, "bwd local state": None,
                      "bwd dq": 32, "bwd dk dg": 32, "bwd dv": 32}
     assert launch_plan(32, 64, GLAConfig(output_block_inner=128))["fwd output"][3]["BI"] == 32  # clipped to K
     wide_output = launch_plan(128, 128, GLAConfig(output_block_v=128, output_block_inner=64))["fwd output"]

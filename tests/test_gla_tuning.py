@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernels.gla import tuning
-from kernels.gla.config import DEFAULT_CONFIG, GLAConfig, tile_candidates
+from kernels.gla.config import DEFAULT_CONFIG, GLAConfig, default_config, tile_candidates, walks
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_no_candidate_running_leaves_the_shape_untuned(cache_file, fake_gpu, mon
     lines = []
     assert tuning.tune(shapes=[(2, 65536, 16, 128, 128)], progress=lines.append) == []
     assert "not tuned: no launch config runs" in lines[-1]
-    assert tuning.get_config(65536, 128, 128, torch.bfloat16) == DEFAULT_CONFIG
+    assert tuning.get_config(65536, 128, 128, torch.bfloat16) == default_config(128, 128)
 
 
 def test_tile_candidates_are_distinct_launches():
@@ -170,12 +170,11 @@ def test_launch_config_carries_dot_operands_as_ints(cache_file, fake_gpu, monkey
         GLAConfig(dot_operands="fp8")
 
 
-@pytest.mark.parametrize("dtype, count", [(torch.bfloat16, 26), (torch.float16, 25)])
+@pytest.mark.parametrize("dtype, count", [(torch.bfloat16, 24), (torch.float16, 23)])
 def test_bf16_dot_operands_are_one_more_candidate_for_bf16_inputs(cache_file, fake_gpu, monkeypatch, dtype,
                                                                    count):
     """8 chunk x warps candidates, 2 state tiles (the distinct ones at K=32, V=64), 3 steps of the
-    chunk-wide loops, the two-pass backward, the state scan in place of the walk, 2 narrower walk tiles
-    ([32, 32], [32, 16]), 8 state-scan splits,
+    chunk-wide loops, the two-pass backward, the state scan in place of the walk, 8 state-scan splits,
     then (bf16 only) the best of those with bf16 dots."""
     monkeypatch.setattr(tuning, "time_config", lambda inputs, cfg: 1.0 - 0.5 * (cfg.dot_operands == "bf16"))
     monkeypatch.setattr(tuning, "random_inputs", lambda *shape: None)
@@ -183,3 +182,19 @@ def test_bf16_dot_operands_are_one_more_candidate_for_bf16_inputs(cache_file, fa
     entry = tuning.load_cache()["Test GPU | triton x"][tuning.shape_key(4096, 32, 64, dtype)]
     assert len(entry["table"]) == count
     assert entry["config"]["dot_operands"] == ("bf16" if dtype == torch.bfloat16 else "fp32")
+
+
+def test_untuned_configs_are_per_head_dim_class():
+    assert default_config(32, 64) == DEFAULT_CONFIG
+    assert default_config(48, 64) == default_config(64, 64) == GLAConfig(output_block_inner=64)
+    assert default_config(128, 128).output_block_v == 128
+    assert tuning.get_config(4096, 64, 64, torch.bfloat16, tune_allowed=False) == default_config(64, 64)
+
+
+def test_the_state_walk_takes_few_chunks_or_many_programs():
+    cfg = GLAConfig()
+    assert walks(cfg, 4096, 32 * 6, 32, 64)  # 64 chunks
+    assert not walks(cfg, 16384, 8 * 6, 32, 64)  # 256 chunks, 48 programs
+    assert walks(cfg, 16384, 8 * 16, 128, 128)  # 128 (batch, head) pairs x 4 tiles = 512 programs
+    assert not walks(GLAConfig(state_walk_min_programs=0), 16384, 8 * 16, 128, 128)
+    assert not walks(GLAConfig(state_walk_max_chunks=0, state_walk_min_programs=0), 256, 512 * 6, 32, 64)

@@ -12,7 +12,7 @@ from kernels import interpreting
 from .checks import check_gla_inputs
 from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_fused_kernel, gla_bwd_local_state_kernel
 from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
-from .config import GLAConfig, block_sizes, dot_precision, tiles_cover_head
+from .config import GLAConfig, block_sizes, dot_precision, tiles_cover_head, walks
 from .scan_order import grid_side, scan_flags
 from .state_scan import MAX_GROUP, chunk_state_scan_kernel
 from .state_walk import chunk_state_walk_kernel
@@ -40,6 +40,7 @@ class Launch:
                           TRANSPOSE=transpose, GATE_LOGSIGMOID=gate_scale is not None,
                           PREC=dot_precision(q.dtype, interpreting(), cfg.dot_operands))
         self.plan = launch_plan(self.K, self.V, cfg)
+        self.walks = walks(cfg, self.T, self.B * self.H, self.K, self.V)  # state walk, or local states + scan
 
     def tiles(self, step: str) -> tuple:
         """(grid, meta) of one step of the plan: one program per chunk, (batch, head) and state tile
@@ -56,15 +57,11 @@ def launch_plan(K: int, V: int, cfg: GLAConfig) -> dict:
     dA = do v^T), and the output pass, which has its own V tile and K step. When a tile covers the
     state, dk, dg and dv share one pass, or (K <= cfg.fused_backward_max_k) dq, dk, dg and dv do. BI:
     the step of the chunk-wide loops over the summed dimension (K for the output and dv-only passes,
-    V otherwise).
-    First the state walk (forward and backward), which stands in for the local states and the scan on
-    short sequences (chunk_gla_fwd), with its own tile."""
+    V otherwise)."""
     full_k, full_v = block_sizes(K, V)
     tile_k, tile_v = min(full_k, cfg.chunk_block_k), min(full_v, cfg.chunk_block_v)
     over_k, over_v = dict(BI=min(full_k, cfg.chunk_block_inner)), dict(BI=min(full_v, cfg.chunk_block_inner))
-    plan = {"state walk": (chunk_state_walk_kernel, min(full_k, cfg.state_walk_block_k),
-                           min(full_v, cfg.state_walk_block_v), {}),
-            "fwd local state": (gla_fwd_local_state_kernel, tile_k, tile_v, {}),
+    plan = {"fwd local state": (gla_fwd_local_state_kernel, tile_k, tile_v, {}),
             "fwd output": (gla_fwd_output_kernel, full_k, min(full_v, cfg.output_block_v),
                            dict(BI=min(full_k, cfg.output_block_inner))),
             "bwd local state": (gla_bwd_local_state_kernel, tile_k, tile_v, {}),
@@ -103,8 +100,8 @@ def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
 def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool):
     """The state pass as one walk over the chunks (state_walk.py): forward (a, b = k, v) fills the
     states x and gl, backward (a, b = q, do) the state gradients x from gl; one program per (batch,
-    head) and walk tile (GLAConfig.state_walk_block_k, state_walk_block_v)."""
-    (_, n_bh, n_tiles), meta = launch.tiles("state walk")
+    head) and state tile of the local-state launches."""
+    (_, n_bh, n_tiles), meta = launch.tiles("fwd local state")
     chunk_state_walk_kernel[(1, n_bh, n_tiles)](
         a, *rows_layout(a), b, *rows_layout(b), g, *rows_layout(g), x, gl, x0, scale, launch.gate_scale,
         launch.T, launch.NT, launch.E, **meta, USE_X0=x0 is not None, BACKWARD=backward,
@@ -119,7 +116,7 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
     o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
-    if L.NT <= cfg.state_walk_max_chunks:
+    if L.walks:
         launch_state_walk(k, v, g, h, gl, h0, 1.0, L, backward=False)
     else:
         grid, meta = L.tiles("fwd local state")
@@ -147,7 +144,7 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
                  torch.empty(v.shape, device=q.device, dtype=v.dtype),
                  torch.empty(g.shape, device=q.device, dtype=g.dtype))
     dq, dk, dv, dg = grads
-    if L.NT <= cfg.state_walk_max_chunks:
+    if L.walks:
         launch_state_walk(q, do, g, dh, gl, dht, scale, L, backward=True)
     else:
         grid, meta = L.tiles("bwd local state")

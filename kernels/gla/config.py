@@ -1,5 +1,6 @@
 """Launch configuration of the Triton chunked GLA and the candidates the tuner tries."""
 
+import math
 from dataclasses import asdict, astuple, dataclass, fields, replace
 
 import torch
@@ -57,14 +58,16 @@ class GLAConfig:
     # local states and scans took 9.3 of 41 ms fwd+bwd (reports/h200-2026-12-03b/kernels_split.csv).
     # 0: never. H200, fwd+bwd, walk against scan (reports/h200-2026-12-03c/gla_ab.csv): K=V=64 T=4096
     # 3.99 against 4.45 ms, K=V=128 26.9 against 30.3, K=32 V=64 T=256 1.41 against 1.47 but T=4096
-    # (64 chunks) 1.59 against 1.57; longer sequences not measured with the walk.
+    # (64 chunks) 1.59 against 1.57; longer sequences: the next field.
     state_walk_max_chunks: int = 64
-    # State tile of one walk program (K rows, V columns), apart from the chunk kernels' tiles: the walk
-    # has one program per (batch, head) and tile, each stepping through every chunk, so a narrow tile
-    # buys programs (K=32 V=64 at T=4096, B*H=192: one [32, 64] tile is 192 programs on 132 SMs) at
-    # the price of re-reading the other operand (k or q with g for each V tile, v or do for each K tile).
-    state_walk_block_k: int = 64
-    state_walk_block_v: int = 64
+    # ... or when the walk has at least this many programs ((batch, head) pairs x state tiles), which
+    # keep the GPU busy however many chunks each walks. 0: never. H200, fwd+bwd, walk against scan
+    # (reports/h200-2026-12-03d/gla_ab.csv): K=V=128 T=16384 (512 programs, 256 chunks) 26.9 against
+    # 30.4 ms; K=V=64 T=9216 (112 programs) 4.34 against 4.39, T=16384 (64) 5.27 against 4.47; K=32
+    # V=64 T=16384 with d05cf5d's [32, 32] walk tiles (96 programs) 2.35 against 1.58. Narrower walk
+    # tiles for more programs were slower everywhere (K=32 V=64 T=256 1.41 ms with one [32, 64] tile,
+    # 1.57 with [32, 32], 2.00 with [32, 16]): they read the other operand once per tile.
+    state_walk_min_programs: int = 256
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -99,6 +102,19 @@ DEFAULT_CONFIG = GLAConfig()
 def block_sizes(K: int, V: int):
     """Power-of-two tile widths covering K and V (>= 16 for tl.dot)."""
     return max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+
+
+# Where a head-dim class (block_sizes(K, V)) ran faster on the H200 with other fields than GLAConfig()'s
+# (reports/h200-2026-12-03d/gla_ab.csv, bf16, B*T = 131072): the output pass's step at K=V=64 (fwd
+# 1.26 -> 1.15 ms at T=4096, 1.41 -> 1.30 at 9216, 1.44 -> 1.32 at 16384; fwd+bwd 2-3% less) and its
+# V tile at K=V=128 (one [128, 128] tile forms the scores once: fwd 9.13 -> 8.01 at T=4096, 10.3 ->
+# 9.15 at 16384; a step of 64 with [128, 64] tiles was slower, 12.7, and 128 close, 8.15).
+CLASS_DEFAULTS = {(64, 64): dict(output_block_inner=64), (128, 128): dict(output_block_v=128)}
+
+
+def default_config(K: int, V: int) -> GLAConfig:
+    """The untuned config of a head-dim class: GLAConfig() with CLASS_DEFAULTS' fields."""
+    return replace(DEFAULT_CONFIG, **CLASS_DEFAULTS.get(block_sizes(K, V), {}))
 
 
 def dot_precision(dtype: torch.dtype, interpreter: bool, dot_operands: str = "fp32") -> str:
@@ -167,21 +183,21 @@ def fusion_candidates(base: GLAConfig, K: int, V: int):
     return [replace(base, fused_backward_max_k=0 if K <= base.fused_backward_max_k else block_sizes(K, V)[0])]
 
 
-def walk_candidates(base: GLAConfig, T: int, K: int, V: int):
+def walks(cfg: GLAConfig, T: int, batch_heads: int, K: int, V: int) -> bool:
+    """Whether the state passes of a [batch_heads, T] call walk the chunks (state_walk.py) rather than
+    take the local states and the scan: few chunks, or enough walk programs (GLAConfig)."""
+    tiles = zip((K, V), (cfg.chunk_block_k, cfg.chunk_block_v), block_sizes(K, V))
+    programs = batch_heads * math.prod(triton.cdiv(n, min(tile, block)) for n, tile, block in tiles)
+    return (triton.cdiv(T, cfg.chunk_size) <= cfg.state_walk_max_chunks
+            or 0 < cfg.state_walk_min_programs <= programs)
+
+
+def walk_candidates(base: GLAConfig, T: int, batch_heads: int, K: int, V: int):
     """Sixth tuning stage: the other choice of state pass (one walk over the chunks, or local states and
-    a scan) at this sequence length, and the walk with narrower or wider state tiles. Tiles as wide as
-    the head are one launch, so they are tried once."""
-    chunks = triton.cdiv(T, base.chunk_size)
-    walking = replace(base, state_walk_max_chunks=max(chunks, base.state_walk_max_chunks))
-    full_k, full_v = block_sizes(K, V)
-    current = (min(base.state_walk_block_k, full_k), min(base.state_walk_block_v, full_v))
-    tiles = dict.fromkeys((min(bk, full_k), min(bv, full_v))
-                          for bk, bv in ((64, 64), (64, 32), (64, 16), (32, 16)))
-    walks = [replace(walking, state_walk_block_k=bk, state_walk_block_v=bv)
-             for bk, bv in tiles if (bk, bv) != current]
-    if chunks <= base.state_walk_max_chunks:
-        return [replace(base, state_walk_max_chunks=0), *walks]
-    return [walking, *walks]
+    a scan) at this shape."""
+    if walks(base, T, batch_heads, K, V):
+        return [replace(base, state_walk_max_chunks=0, state_walk_min_programs=0)]
+    return [replace(base, state_walk_max_chunks=triton.cdiv(T, base.chunk_size))]
 
 
 def state_candidates(base: GLAConfig):

@@ -5,8 +5,8 @@ to the state (chunk_fwd.gla_fwd_local_state_kernel, chunk_bwd.gla_bwd_local_stat
 ``chunk_state_scan_kernel`` (state_scan.py) scans them in place: the [K, V] fp32 states are written,
 read and written again. Here one program per (batch, head) and [BK, BV] state tile walks the chunks
 in order, carrying the state in registers, and writes each state once. Only the chunk loop is
-sequential, so it pays where there are many (batch, head) pairs and few chunks: the launcher takes
-it when the chunk count is at most GLAConfig.state_walk_max_chunks.
+sequential, so it pays where there are few chunks or many (batch, head) pairs: the launcher takes it
+when config.walks says so (GLAConfig.state_walk_max_chunks, state_walk_min_programs).
 """
 
 import triton

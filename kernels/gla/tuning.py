@@ -24,6 +24,7 @@ from .config import (
     DEFAULT_CONFIG,
     GLAConfig,
     chunk_candidates,
+    default_config,
     dot_candidates,
     fusion_candidates,
     inner_candidates,
@@ -88,7 +89,7 @@ def get_config(T, K, V, dtype, chunk_size=None, tune_allowed=True) -> GLAConfig:
     ``chunk_size`` forces the chunk size (the other fields still come from the cache when its
     entry has that chunk size). Without a GPU (``tune_allowed=False``) the cache is not read.
     """
-    cfg = DEFAULT_CONFIG
+    cfg = default_config(K, V)
     if tune_allowed and torch.cuda.is_available():
         key = (device_key(), shape_key(T, K, V, dtype))
         if key not in _memory_cache:
@@ -142,8 +143,8 @@ def time_or_error(inputs, cfg: GLAConfig) -> tuple[float | None, str]:
 
 def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
     """Eight stages (config.py): chunk size x chunk warps, the chunk kernels' state tiles, the chunk-wide
-    loops' step, the output pass's tile and step, one or two backward passes, a state walk or scan (and
-    the walk's tile), the scan's split, then bf16 dot operands (bf16 inputs). Returns the cache entry;
+    loops' step, the output pass's tile and step, one or two backward passes, a state walk or scan, the
+    scan's split, then bf16 dot operands (bf16 inputs). Returns the cache entry;
     RuntimeError if no candidate runs at this shape. Candidates that fail have ms None and their error
     in the table."""
     inputs = random_inputs(B, T, H, K, V, dtype)
@@ -152,10 +153,10 @@ def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
     stages = (chunk_candidates, functools.partial(tile_candidates, K=K, V=V),
               functools.partial(inner_candidates, K=K, V=V), functools.partial(output_candidates, K=K, V=V),
               functools.partial(fusion_candidates, K=K, V=V),
-              functools.partial(walk_candidates, T=T, K=K, V=V), state_candidates,
+              functools.partial(walk_candidates, T=T, batch_heads=B * H, K=K, V=V), state_candidates,
               functools.partial(dot_candidates, dtype=dtype))
     for stage in stages:
-        base = best[0] if best else DEFAULT_CONFIG
+        base = best[0] if best else default_config(K, V)
         for cfg in stage(base):
             ms, error = time_or_error(inputs, cfg)
             table.append({**cfg.as_dict(), "ms": None if ms is None else round(ms, 4),
@@ -165,7 +166,7 @@ def tune_shape(B, T, H, K, V, dtype, progress=print) -> dict:
                 best = (cfg, ms)
     if best is None:
         raise RuntimeError(f"no launch config runs at B={B} T={T} H={H} K={K} V={V}: {table[0]['error']}")
-    default_ms, _ = time_or_error(inputs, DEFAULT_CONFIG)
+    default_ms, _ = time_or_error(inputs, default_config(K, V))
     return {"config": best[0].as_dict(), "ms": round(best[1], 4),
             "default_ms": None if default_ms is None else round(default_ms, 4),
             "shape": [B, T, H, K, V], "table": table}
@@ -212,7 +213,7 @@ def tuning_table(dtype=torch.bfloat16):
             config = {name: cand[name] for name in DEFAULT_CONFIG.as_dict() if name in cand}
             rows.append({"gpu": device_key(), "shape_key": key, **parse_shape_key(key),
                          "B,T,H,K,V": entry["shape"], **cand, "chosen": config == entry["config"],
-                         "default": GLAConfig(**config) == DEFAULT_CONFIG})
+                         "default": GLAConfig(**config) == default_config(*entry["shape"][3:])})
     return pd.DataFrame(rows)
 
 
