@@ -3,8 +3,9 @@
     python scripts/gla_registers.py [--arch 90] [--chunk 64] [--warps 4] [--dots fp32|bf16] [--inner 32] \
         KxV[:BKxBV] ...
 
-Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan), with
-[BK, BV] state tiles (default: GLAConfig's chunk_block_k x chunk_block_v, clipped to the head), for
+Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan of the class's
+default config, config.default_config), with [BK, BV] state tiles (default: chunk_block_k x
+chunk_block_v, clipped to the head), for
 the given compute capability (Triton's bundled ptxas), and cuobjdump's resource usage is printed per
 kernel: registers per thread (255 is the cap) and spill stack bytes. Only the register side of a
 launch config: on the H200 narrower tiles and 8 warps spilled less but ran slower (reports/h200-2026-12-02c).
@@ -28,7 +29,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from kernels.gla.chunk import SUB_CHUNK, launch_plan  # noqa: E402
-from kernels.gla.config import DEFAULT_CONFIG, block_sizes  # noqa: E402
+from kernels.gla.config import DEFAULT_CONFIG, block_sizes, default_config  # noqa: E402
 from kernels.gla.state_walk import chunk_state_walk_kernel  # noqa: E402
 
 FP32_BUFFERS = ("h", "gl", "dh", "dg_work", "ptot", "x", "x0")  # fp32 work buffers (the inputs: bf16)
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
               f"{args.warps} warps, {args.dots} dots, inner step {args.inner}, sm_{args.arch}:")
         base = dict(H=1, K=K, V=V, BT=args.chunk, BC=SUB_CHUNK, REVERSE=False, TRANSPOSE=False,
                     GATE_LOGSIGMOID=True, PREC=prec)
-        plan = launch_plan(K, V, replace(DEFAULT_CONFIG, chunk_block_k=tile_k, chunk_block_v=tile_v,
+        plan = launch_plan(K, V, replace(default_config(K, V), chunk_block_k=tile_k, chunk_block_v=tile_v,
                                          chunk_block_inner=args.inner))
         _, walk_bk, walk_bv, _ = plan["fwd local state"]
         for way in ("fwd", "bwd"):

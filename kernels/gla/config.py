@@ -209,6 +209,6 @@ def state_candidates(base: GLAConfig):
 
 def dot_candidates(base: GLAConfig, dtype: torch.dtype):
     """Eighth tuning stage, bf16 inputs only: the best config so far with bf16 dot operands. One
-    candidate: the dots are in the chunk-parallel passes only, so the state split of stage six
+    candidate: the dots are in the chunk-parallel passes only, so the state split of stage seven
     still holds; whether bf16 operands move the best chunk size is left to a wider grid."""
     return [replace(base, dot_operands="bf16")] if dtype == torch.bfloat16 else []
