@@ -1,7 +1,7 @@
 """Registers and spills per thread of the GLA chunk kernels for an NVIDIA GPU, on a machine without one.
 
     python scripts/gla_registers.py [--arch 90] [--chunk 64] [--warps 4] [--dots fp32|bf16] [--inner 32] \
-        KxV[:BKxBV] ...
+        [--walk-step 64] KxV[:BKxBV] ...
 
 Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan of the class's
 default config, config.default_config), with [BK, BV] state tiles (default: chunk_block_k x
@@ -89,6 +89,9 @@ def main(argv=None) -> int:
     parser.add_argument("--inner", type=int, default=DEFAULT_CONFIG.chunk_block_inner,
                         choices=(16, 32, 64, 128),
                         help="step of the chunk-wide loops over a summed head dim (chunk_block_inner)")
+    parser.add_argument("--walk-step", type=int, default=DEFAULT_CONFIG.state_walk_block_t,
+                        choices=(16, 32, 64, 128),
+                        help="tokens per step of the state walk (state_walk_block_t)")
     parser.add_argument("--dots", choices=("fp32", "bf16"), default="fp32", help="dot operands (GLAConfig)")
     args = parser.parse_args(argv)
     if not CUOBJDUMP.exists():
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
     for K, V, tile_k, tile_v in args.classes:
         full_k, full_v = block_sizes(K, V)
         print(f"K={K} V={V} tiles {min(tile_k, full_k)}x{min(tile_v, full_v)}, chunk {args.chunk}, "
-              f"{args.warps} warps, {args.dots} dots, inner step {args.inner}, sm_{args.arch}:")
+              f"{args.warps} warps, {args.dots} dots, inner step {args.inner}, walk step {args.walk_step}, "
+              f"sm_{args.arch}:")
         base = dict(H=1, K=K, V=V, BT=args.chunk, BC=SUB_CHUNK, REVERSE=False, TRANSPOSE=False,
                     GATE_LOGSIGMOID=True, PREC=prec)
         plan = launch_plan(K, V, replace(default_config(K, V), chunk_block_k=tile_k, chunk_block_v=tile_v,
@@ -107,7 +111,8 @@ def main(argv=None) -> int:
         _, walk_bk, walk_bv, _ = plan["fwd local state"]
         for way in ("fwd", "bwd"):
             plan[f"state walk {way}"] = (chunk_state_walk_kernel, walk_bk, walk_bv,
-                                         dict(USE_X0=True, BACKWARD=way == "bwd"))
+                                         dict(USE_X0=True, BACKWARD=way == "bwd",
+                                              BS=min(args.walk_step, args.chunk)))
         for label, (fn, bk, bv, extra) in plan.items():
             regs, spill = resources(fn, dict(base, BK=bk, BV=bv, **extra), args.arch, args.warps, args.stages)
             print(f"  {label:16s} [{bk:>3}, {bv:>3}] tile: {regs:3d} registers, {spill:5d} spill bytes "

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from kernels.gla import tuning
-from kernels.gla.config import DEFAULT_CONFIG, GLAConfig, default_config, tile_candidates, walks
+from kernels.gla.config import (
+    DEFAULT_CONFIG,
+    GLAConfig,
+    default_config,
+    tile_candidates,
+    walk_candidates,
+    walks,
+)
 
 
 @pytest.fixture
@@ -198,3 +205,14 @@ def test_the_state_walk_takes_few_chunks_or_many_programs():
     assert walks(cfg, 16384, 8 * 16, 128, 128)  # 128 (batch, head) pairs x 4 tiles = 512 programs
     assert not walks(GLAConfig(state_walk_min_programs=0), 16384, 8 * 16, 128, 128)
     assert not walks(GLAConfig(state_walk_max_chunks=0, state_walk_min_programs=0), 256, 512 * 6, 32, 64)
+
+
+def test_walk_steps_are_tuned_where_the_walk_runs():
+    walking = walk_candidates(GLAConfig(), 4096, 32 * 6, 32, 64)  # 64 chunks: walks
+    assert walking[0].state_walk_max_chunks == 0 and walking[0].state_walk_min_programs == 0  # the scan
+    assert [cfg.state_walk_block_t for cfg in walking[1:]] == [16, 32]
+    short_chunks = walk_candidates(GLAConfig(chunk_size=32), 16384, 8 * 6, 32, 64)  # scans: walk instead
+    assert [(cfg.state_walk_max_chunks, cfg.state_walk_block_t) for cfg in short_chunks] == [(512, 64),
+                                                                                              (512, 16)]
+    with pytest.raises(ValueError, match="state_walk_block_t"):
+        GLAConfig(state_walk_block_t=24)

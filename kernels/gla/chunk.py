@@ -99,12 +99,13 @@ def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
 
 def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool):
     """The state pass as one walk over the chunks (state_walk.py): forward (a, b = k, v) fills the
-    states x and gl, backward (a, b = q, do) the state gradients x from gl; one program per (batch,
-    head) and state tile of the local-state launches."""
+    states x and gl, backward (a, b = q, do) the state gradients x; one program per (batch, head) and
+    state tile of the local-state launches, stepping GLAConfig.state_walk_block_t tokens at a time."""
     (_, n_bh, n_tiles), meta = launch.tiles("fwd local state")
     chunk_state_walk_kernel[(1, n_bh, n_tiles)](
         a, *rows_layout(a), b, *rows_layout(b), g, *rows_layout(g), x, gl, x0, scale, launch.gate_scale,
-        launch.T, launch.NT, launch.E, **meta, USE_X0=x0 is not None, BACKWARD=backward,
+        launch.T, launch.NT, launch.E, **meta, BS=min(launch.cfg.state_walk_block_t, launch.cfg.chunk_size),
+        USE_X0=x0 is not None, BACKWARD=backward,
         num_warps=launch.cfg.chunk_warps, num_stages=launch.cfg.num_stages)
 
 
