@@ -2,13 +2,14 @@
 
     PYTHONPATH=<tree> python scripts/gla_ab.py --label b --configs 64:4 64:8:chunk_block_inner=16 --out f.csv
 
-Runs the tree's own kernels (kernels.gla of the tree on PYTHONPATH; the rest of GLAConfig at its
-defaults) at the kernel benchmark's shapes (bf16, B*T = 131072, DiG-like gates logsigmoid(x) / 16),
-chunk size and chunk warps from --configs (CHUNK:WARPS, then any other GLAConfig fields of that tree as
-:FIELD=VALUE; or "default", each class's untuned config). Each row: medians and the 10th / 90th
-percentiles of triton.testing.do_bench, and the largest relative error of o, dq, dk, dv, dg against
-chunk_gla_torch in float64 on the first sequence. --compile-only compiles every config (run several
-such processes at once to fill Triton's cache in parallel, then time in one process).
+Runs the tree's own kernels (kernels.gla of the tree on PYTHONPATH) at the kernel benchmark's shapes
+(bf16, B*T = 131072, DiG-like gates logsigmoid(x) / 16) with the launch configs of --configs:
+CHUNK:WARPS, then any other GLAConfig fields of that tree as :FIELD=VALUE (the rest at GLAConfig's
+defaults), or "default[:FIELD=VALUE...]", each head-dim class's untuned config with those fields.
+Each row: medians and the 10th / 90th percentiles of triton.testing.do_bench, and the largest
+relative error of o, dq, dk, dv, dg against chunk_gla_torch in float64 on the first sequence.
+--compile-only compiles every config (run several such processes at once to fill Triton's cache in
+parallel, then time in one process).
 """
 
 import argparse
@@ -39,9 +40,9 @@ SHAPES = {"32x64": (6, (4096, 65536)), "64x64": (8, (4096,)), "128x128": (16, (4
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True)
-    parser.add_argument("--configs", nargs="+", type=parse_config, default=[None],
-                        help="CHUNK:WARPS[:FIELD=VALUE...], or 'default': the tree's untuned config of each "
-                             "head-dim class (the default)")
+    parser.add_argument("--configs", nargs="+", type=parse_config, default=[{}],
+                        help="CHUNK:WARPS[:FIELD=VALUE...], or default[:FIELD=VALUE...]: the tree's untuned "
+                             "config of each head-dim class, with those fields (default: default)")
     parser.add_argument("--head-dims", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--lengths", nargs="+", type=int, help="T values in place of each class's own")
     parser.add_argument("--out")
@@ -65,20 +66,22 @@ def spread(times):
     return [round(times[int(p * (len(times) - 1))], 4) for p in (0.5, 0.1, 0.9)]
 
 
-def parse_config(spec: str) -> GLAConfig | None:
-    """"CHUNK:WARPS[:FIELD=VALUE...]" -> GLAConfig of the tree on PYTHONPATH (int values, else strings),
-    "default" -> None (class_default); argparse.ArgumentTypeError (a one-line usage error) for a
-    malformed spec or a field the tree lacks."""
-    if spec == "default":
-        return None
+def parse_config(spec: str) -> GLAConfig | dict:
+    """"CHUNK:WARPS[:FIELD=VALUE...]" -> GLAConfig of the tree on PYTHONPATH (int values, else strings);
+    "default[:FIELD=VALUE...]" -> those fields as a dict, to go onto each class's untuned config
+    (class_default); argparse.ArgumentTypeError (a one-line usage error) for a malformed spec or a
+    field the tree lacks."""
     try:
-        chunk, warps, *extra = spec.split(":")
-        fields = dict(item.split("=", 1) for item in extra)
+        head, *extra = spec.split(":")
+        fields = dict(item.split("=", 1) for item in (extra if head == "default" else extra[1:]))
         fields = {name: int(value) if value.isdigit() else value for name, value in fields.items()}
-        return replace(GLAConfig(), chunk_size=int(chunk), chunk_warps=int(warps), **fields)
-    except (TypeError, ValueError) as error:
-        raise argparse.ArgumentTypeError(f"bad config {spec!r} (CHUNK:WARPS[:FIELD=VALUE...]): {error}") \
-            from None
+        if head == "default":
+            replace(GLAConfig(), **fields)  # the same checks as a CHUNK:WARPS spec
+            return fields
+        return replace(GLAConfig(), chunk_size=int(head), chunk_warps=int(extra[0]), **fields)
+    except (TypeError, ValueError, IndexError) as error:
+        raise argparse.ArgumentTypeError(f"bad config {spec!r} (CHUNK:WARPS[:FIELD=VALUE...] or "
+                                         f"default[:FIELD=VALUE...]): {error}") from None
 
 
 def class_default(K: int, V: int) -> GLAConfig:
@@ -88,7 +91,8 @@ def class_default(K: int, V: int) -> GLAConfig:
 
 def measure(dims, T, H, cfg, compile_only):
     K, V = map(int, dims.split("x"))
-    cfg = cfg or class_default(K, V)
+    if isinstance(cfg, dict):
+        cfg = replace(class_default(K, V), **cfg)
     inputs = random_inputs(TOKENS // T, T, H, K, V, torch.bfloat16)
     q, k, v, g, do = inputs
     scale = K**-0.5
@@ -133,7 +137,7 @@ def main(argv=None):
                 try:
                     row = measure(dims, T, H, cfg, args.compile_only)
                 except Exception as error:  # noqa: BLE001 -- one config failing must not lose the rest
-                    row = dict(K=dims, T=T, config=cfg or "default", error=" ".join(str(error).split())[:200])
+                    row = dict(K=dims, T=T, config=cfg, error=" ".join(str(error).split())[:200])
                 if row:
                     row = dict(label=args.label, commit=os.environ.get("BENCH_GIT_COMMIT", ""), **row)
                     print(row, flush=True)
