@@ -104,7 +104,7 @@ def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool)
     (_, n_bh, n_tiles), meta = launch.tiles("fwd local state")
     chunk_state_walk_kernel[(1, n_bh, n_tiles)](
         a, *rows_layout(a), b, *rows_layout(b), g, *rows_layout(g), x, gl, x0, scale, launch.gate_scale,
-        launch.T, launch.NT, launch.E, **meta, BS=min(launch.cfg.state_walk_block_t, launch.cfg.chunk_size),
+        launch.T, launch.NT, launch.E, **meta, BS=launch.cfg.walk_step,
         USE_X0=x0 is not None, BACKWARD=backward,
         num_warps=launch.cfg.chunk_warps, num_stages=launch.cfg.num_stages)
 

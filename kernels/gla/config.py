@@ -88,6 +88,11 @@ class GLAConfig:
             raise ValueError(f"dot_operands must be one of {', '.join(DOT_OPERANDS)}, "
                              f"got {self.dot_operands!r}.")
 
+    @property
+    def walk_step(self) -> int:
+        """Tokens per step of the state walk as launched: state_walk_block_t, at most the chunk."""
+        return min(self.state_walk_block_t, self.chunk_size)
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -205,14 +210,14 @@ def walk_candidates(base: GLAConfig, T: int, batch_heads: int, K: int, V: int):
     """Sixth tuning stage: the other choice of state pass (one walk over the chunks, or local states and
     a scan) at this shape, and the walk with the other steps (state_walk_block_t; steps as long as the
     chunk are one launch, so they are tried once)."""
-    walking = base if walks(base, T, batch_heads, K, V) else replace(
-        base, state_walk_max_chunks=triton.cdiv(T, base.chunk_size))
-    steps = dict.fromkeys(min(step, base.chunk_size) for step in (16, 32, 64))
-    other_steps = [replace(walking, state_walk_block_t=step) for step in steps
-                   if step != min(base.state_walk_block_t, base.chunk_size)]
-    if walking is base:
-        return [replace(base, state_walk_max_chunks=0, state_walk_min_programs=0), *other_steps]
-    return [walking, *other_steps]
+    def other_steps(walking):
+        steps = dict.fromkeys(min(step, base.chunk_size) for step in (16, 32, 64))
+        return [replace(walking, state_walk_block_t=step) for step in steps if step != base.walk_step]
+
+    if walks(base, T, batch_heads, K, V):
+        return [replace(base, state_walk_max_chunks=0, state_walk_min_programs=0), *other_steps(base)]
+    walking = replace(base, state_walk_max_chunks=triton.cdiv(T, base.chunk_size))
+    return [walking, *other_steps(walking)]
 
 
 def state_candidates(base: GLAConfig):
