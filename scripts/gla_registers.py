@@ -1,7 +1,7 @@
 """Registers and spills per thread of the GLA chunk kernels for an NVIDIA GPU, on a machine without one.
 
     python scripts/gla_registers.py [--arch 90] [--chunk 64] [--warps 4] [--dots fp32|bf16] [--inner 32] \
-        [--walk-step 64] KxV[:BKxBV] ...
+        KxV[:BKxBV] ...
 
 Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan of the class's
 default config, config.default_config), with [BK, BV] state tiles (default: chunk_block_k x
@@ -32,7 +32,7 @@ from kernels.gla.chunk import SUB_CHUNK, launch_plan  # noqa: E402
 from kernels.gla.config import DEFAULT_CONFIG, block_sizes, default_config  # noqa: E402
 from kernels.gla.state_walk import chunk_state_walk_kernel  # noqa: E402
 
-FP32_BUFFERS = ("h", "gl", "dh", "dg_work", "ptot", "x", "x0")  # fp32 work buffers (the inputs: bf16)
+FP32_BUFFERS = ("h", "gl", "gc", "dh", "dg_work", "ptot", "x", "x0")  # fp32 work buffers (the inputs: bf16)
 SCALARS = ("scale", "gate_scale")
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
@@ -89,9 +89,6 @@ def main(argv=None) -> int:
     parser.add_argument("--inner", type=int, default=DEFAULT_CONFIG.chunk_block_inner,
                         choices=(16, 32, 64, 128),
                         help="step of the chunk-wide loops over a summed head dim (chunk_block_inner)")
-    parser.add_argument("--walk-step", type=int, default=DEFAULT_CONFIG.state_walk_block_t,
-                        choices=(16, 32, 64, 128),
-                        help="tokens per step of the state walk (state_walk_block_t)")
     parser.add_argument("--dots", choices=("fp32", "bf16"), default="fp32", help="dot operands (GLAConfig)")
     args = parser.parse_args(argv)
     if not CUOBJDUMP.exists():
@@ -102,7 +99,7 @@ def main(argv=None) -> int:
     for K, V, tile_k, tile_v in args.classes:
         full_k, full_v = block_sizes(K, V)
         print(f"K={K} V={V} tiles {min(tile_k, full_k)}x{min(tile_v, full_v)}, chunk {args.chunk}, "
-              f"{args.warps} warps, {args.dots} dots, inner step {args.inner}, walk step {args.walk_step}, "
+              f"{args.warps} warps, {args.dots} dots, inner step {args.inner}, "
               f"sm_{args.arch}:")
         base = dict(H=1, K=K, V=V, BT=args.chunk, BC=SUB_CHUNK, REVERSE=False, TRANSPOSE=False,
                     GATE_LOGSIGMOID=True, PREC=prec)
@@ -111,8 +108,7 @@ def main(argv=None) -> int:
         _, walk_bk, walk_bv, _ = plan["fwd local state"]
         for way in ("fwd", "bwd"):
             plan[f"state walk {way}"] = (chunk_state_walk_kernel, walk_bk, walk_bv,
-                                         dict(USE_X0=True, BACKWARD=way == "bwd",
-                                              BS=min(args.walk_step, args.chunk)))
+                                         dict(USE_X0=True, BACKWARD=way == "bwd"))
         for label, (fn, bk, bv, extra) in plan.items():
             regs, spill = resources(fn, dict(base, BK=bk, BV=bv, **extra), args.arch, args.warps, args.stages)
             print(f"  {label:16s} [{bk:>3}, {bv:>3}] tile: {regs:3d} registers, {spill:5d} spill bytes "

@@ -16,8 +16,9 @@
 #             at S/2 256 and 2048, S/2 at 256 and 1024; DiG in eager and graph (its compile rows are
 #             slower than graph and take a minute each: phase compile), DiT-cuDNN and Flash-DiT in all three
 #   compile   DiG's torch.compile rows at S/2 256 and 2048 px
-#   walk      the A/B of the launch options not yet timed: the state walk in steps of 32 and 16 tokens
-#             against the default 64 (state_walk_block_t), every head-dim class, T = 256, 4096, 16384
+#   ab        the A/B of this tree's GLA kernels against the tree at $AB_OLD (a checkout of an earlier
+#             commit, carried; label "old"), each class's default config, T = 256, 4096, 16384; both trees
+#             compiled first in parallel processes (Triton's cache), then timed one class at a time
 #   kernels   the GLA kernel benchmark (ours and fla) one head-dim class at a time, then the GLA tuning
 #   more      DiG-reference and DiG-fla eager, the rest of Fig. 2 in eager
 #   figs      Fig. 2 then Fig. 3 in all three modes (DiG-fla in eager), into reports/h200-figs/ (a tracked
@@ -141,21 +142,24 @@ phase_kernels() {
     cp "$(python3 -c 'from kernels.gla.tuning import cache_path; print(cache_path())')" "$OUT"/ 2>/dev/null
 }
 
-phase_walk() {
-    # each class's default config against the same with shorter walk steps (scripts/gla_ab.py), compiled
-    # first in parallel processes (Triton's cache), then timed in one process
-    local dims configs="default default:state_walk_block_t=32 default:state_walk_block_t=16"
-    for dims in 32x64 64x64 128x128; do
-        python3 scripts/gla_ab.py --label compile --compile-only --head-dims $dims --lengths 256 4096 16384 \
-            --configs $configs > /dev/null 2>&1 &
+phase_ab() {
+    local dims tree trees="new:$PWD" lengths="256 4096 16384"
+    [ -n "${AB_OLD:-}" ] && trees="old:$AB_OLD $trees"
+    for tree in $trees; do
+        for dims in 32x64 64x64 128x128; do
+            PYTHONPATH="${tree#*:}:${PYTHONPATH#*:}" python3 scripts/gla_ab.py --label compile --compile-only \
+                --head-dims $dims --lengths $lengths > /dev/null 2>&1 &
+        done
     done
     wait
     for dims in 32x64 64x64 128x128; do
-        [ "$(left)" -le 60 ] && { echo "no time left for walk $dims"; return; }
-        timeout $(( $(left) - 30 )) python3 scripts/gla_ab.py --label walk-steps --head-dims $dims \
-            --lengths 256 4096 16384 --configs $configs --out "$RESULTS/gla_ab.csv" \
-            | sed -E "s/'config': '[^']*state_walk_block_t=([0-9]+)[^']*'/'walk_step': \1/"
-        cp "$RESULTS/gla_ab.csv" "$OUT"/
+        for tree in $trees; do
+            [ "$(left)" -le 60 ] && { echo "no time left for ab $dims"; return; }
+            PYTHONPATH="${tree#*:}:${PYTHONPATH#*:}" timeout $(( $(left) - 30 )) python3 scripts/gla_ab.py \
+                --label "${tree%%:*}" --head-dims $dims --lengths $lengths --out "$RESULTS/gla_ab.csv" \
+                | sed -E "s/'config': '[^']*', //"
+            cp "$RESULTS/gla_ab.csv" "$OUT"/
+        done
     done
 }
 

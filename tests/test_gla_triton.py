@@ -266,11 +266,6 @@ VARIANT_CASES = [
     ((1, 200, 2, 24, 40, 16, True, True, "half_extreme", torch.float32), dict(state_walk_max_chunks=0)),
     ((2, 100, 1, 32, 64, 32, False, True, "very_negative", torch.float32), dict(state_walk_max_chunks=0)),
     ((1, 130, 1, 128, 128, 64, True, True, "mixed", torch.bfloat16), dict(state_walk_max_chunks=0)),
-    # the walk in steps shorter than the chunk (state_walk_block_t): a partial last chunk, steps past
-    # the sequence, states written every fourth or second step, forward and backward
-    ((1, 200, 2, 48, 80, 64, True, True, "half_extreme", torch.float32), dict(state_walk_block_t=16)),
-    ((2, 65, 1, 32, 64, 32, False, True, "very_negative", torch.float32), dict(state_walk_block_t=16)),
-    ((1, 130, 1, 128, 128, 64, True, False, "mixed", torch.bfloat16), dict(state_walk_block_t=32)),
     # the walk over many chunks, taken for its program count (state_walk_min_programs)
     ((2, 200, 1, 32, 64, 16, True, True, "half_extreme", torch.float32),
      dict(state_walk_max_chunks=1, state_walk_min_programs=2)),

@@ -207,12 +207,8 @@ def test_the_state_walk_takes_few_chunks_or_many_programs():
     assert not walks(GLAConfig(state_walk_max_chunks=0, state_walk_min_programs=0), 256, 512 * 6, 32, 64)
 
 
-def test_walk_steps_are_tuned_where_the_walk_runs():
-    walking = walk_candidates(GLAConfig(), 4096, 32 * 6, 32, 64)  # 64 chunks: walks
-    assert walking[0].state_walk_max_chunks == 0 and walking[0].state_walk_min_programs == 0  # the scan
-    assert [cfg.state_walk_block_t for cfg in walking[1:]] == [16, 32]
+def test_the_tuner_tries_the_other_state_pass():
+    walking = walk_candidates(GLAConfig(), 4096, 32 * 6, 32, 64)  # 64 chunks: walks, so the scan is tried
+    assert [(cfg.state_walk_max_chunks, cfg.state_walk_min_programs) for cfg in walking] == [(0, 0)]
     short_chunks = walk_candidates(GLAConfig(chunk_size=32), 16384, 8 * 6, 32, 64)  # scans: walk instead
-    assert [(cfg.state_walk_max_chunks, cfg.state_walk_block_t) for cfg in short_chunks] == [(512, 64),
-                                                                                              (512, 16)]
-    with pytest.raises(ValueError, match="state_walk_block_t"):
-        GLAConfig(state_walk_block_t=24)
+    assert [cfg.state_walk_max_chunks for cfg in short_chunks] == [512]

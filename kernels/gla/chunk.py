@@ -15,7 +15,7 @@ from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
 from .config import GLAConfig, block_sizes, dot_precision, tiles_cover_head, walks
 from .scan_order import grid_side, scan_flags
 from .state_scan import MAX_GROUP, chunk_state_scan_kernel
-from .state_walk import chunk_state_walk_kernel
+from .state_walk import chunk_state_walk_kernel, gate_cumsum_kernel
 
 SUB_CHUNK = 16  # tl.dot needs >= 16 rows; the [16, 16, K] intra-chunk decay tensor stays in registers
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -99,14 +99,21 @@ def launch_state_scan(x, gl, x0, backward, cfg: GLAConfig):
 
 def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool):
     """The state pass as one walk over the chunks (state_walk.py): forward (a, b = k, v) fills the
-    states x and gl, backward (a, b = q, do) the state gradients x; one program per (batch, head) and
-    state tile of the local-state launches, stepping GLAConfig.state_walk_block_t tokens at a time."""
-    (_, n_bh, n_tiles), meta = launch.tiles("fwd local state")
+    states x and gl, backward (a, b = q, do) the state gradients x; the gates' chunk-local cumsum
+    first (a [B*H, T, K] fp32 buffer, formed again by the backward rather than kept), then one walk
+    program per (batch, head) and state tile of the local-state launches."""
+    L = launch
+    gc = torch.empty(L.B * L.H, L.T, L.K, device=g.device, dtype=torch.float32)
+    scan = dict(H=L.H, K=L.K, BT=L.cfg.chunk_size, REVERSE=L.shape["REVERSE"], TRANSPOSE=L.shape["TRANSPOSE"])
+    gate_cumsum_kernel[(L.NT, L.B * L.H)](g, *rows_layout(g), gc, L.gate_scale, L.T, L.E, **scan,
+                                          BK=block_sizes(L.K, L.V)[0],
+                                          GATE_LOGSIGMOID=L.shape["GATE_LOGSIGMOID"],
+                                          num_warps=L.cfg.chunk_warps)
+    (_, n_bh, n_tiles), meta = L.tiles("fwd local state")
+    del meta["GATE_LOGSIGMOID"]  # the walk reads the gates' cumsum
     chunk_state_walk_kernel[(1, n_bh, n_tiles)](
-        a, *rows_layout(a), b, *rows_layout(b), g, *rows_layout(g), x, gl, x0, scale, launch.gate_scale,
-        launch.T, launch.NT, launch.E, **meta, BS=launch.cfg.walk_step,
-        USE_X0=x0 is not None, BACKWARD=backward,
-        num_warps=launch.cfg.chunk_warps, num_stages=launch.cfg.num_stages)
+        a, *rows_layout(a), b, *rows_layout(b), gc, x, gl, x0, scale, L.T, L.NT, L.E, **meta,
+        USE_X0=x0 is not None, BACKWARD=backward, num_warps=L.cfg.chunk_warps, num_stages=L.cfg.num_stages)
 
 
 def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):

@@ -68,12 +68,6 @@ class GLAConfig:
     # tiles for more programs were slower everywhere (K=32 V=64 T=256 1.41 ms with one [32, 64] tile,
     # 1.57 with [32, 32], 2.00 with [32, 16]): they read the other operand once per tile.
     state_walk_min_programs: int = 256
-    # Tokens per step of the walk (16, 32, 64 or 128; at most the chunk): a state is still written per
-    # chunk, but each step holds [step, K tile] and [step, V tile] inputs and a cumsum over the step
-    # only. The walk was 3.7x fla's state pass at K=V=128, T=4096 (3.56 against 0.97 ms fwd: 255
-    # registers at step 64, reports/h200-2026-12-03d/kernels.csv). 64 (one step per chunk of 64) until
-    # steps of 16 and 32 are timed.
-    state_walk_block_t: int = 64
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -81,17 +75,9 @@ class GLAConfig:
     dot_operands: str = "fp32"
 
     def __post_init__(self):
-        if self.state_walk_block_t not in CHUNK_SIZES:
-            raise ValueError(f"state_walk_block_t must be one of {CHUNK_SIZES}, "
-                             f"got {self.state_walk_block_t}.")
         if self.dot_operands not in DOT_OPERANDS:
             raise ValueError(f"dot_operands must be one of {', '.join(DOT_OPERANDS)}, "
                              f"got {self.dot_operands!r}.")
-
-    @property
-    def walk_step(self) -> int:
-        """Tokens per step of the state walk as launched: state_walk_block_t, at most the chunk."""
-        return min(self.state_walk_block_t, self.chunk_size)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -207,17 +193,11 @@ def walks(cfg: GLAConfig, T: int, batch_heads: int, K: int, V: int) -> bool:
 
 
 def walk_candidates(base: GLAConfig, T: int, batch_heads: int, K: int, V: int):
-    """Sixth tuning stage: the other choice of state pass (one walk over the chunks, or local states and
-    a scan) at this shape, and the walk with the other steps (state_walk_block_t; steps as long as the
-    chunk are one launch, so they are tried once)."""
-    def other_steps(walking):
-        steps = dict.fromkeys(min(step, base.chunk_size) for step in (16, 32, 64))
-        return [replace(walking, state_walk_block_t=step) for step in steps if step != base.walk_step]
-
+    """Sixth tuning stage: the other choice of state pass at this shape, one walk over the chunks or
+    local states and a scan."""
     if walks(base, T, batch_heads, K, V):
-        return [replace(base, state_walk_max_chunks=0, state_walk_min_programs=0), *other_steps(base)]
-    walking = replace(base, state_walk_max_chunks=triton.cdiv(T, base.chunk_size))
-    return [walking, *other_steps(walking)]
+        return [replace(base, state_walk_max_chunks=0, state_walk_min_programs=0)]
+    return [replace(base, state_walk_max_chunks=triton.cdiv(T, base.chunk_size))]
 
 
 def state_candidates(base: GLAConfig):
