@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gla_cases import (
     FP32_TOLERANCE,
@@ -31,7 +32,7 @@ from gla_cases import (
     run_impl,
 )
 from helpers import TRITON_DEVICE, needs_triton_device
-from kernels.gla import chunk_gla, tuning
+from kernels.gla import chunk_gla, naive_recurrent_gla, tuning
 from kernels.gla.chunk import launch_plan
 from kernels.gla.config import CHUNK_SIZES, GLAConfig
 
@@ -329,6 +330,42 @@ def test_without_final_state_returns_none_and_grads_flow():
     out = run_impl(chunk_gla, inputs, False, output_final_state=False, chunk_size=16)
     assert out["ht"] is None
     assert_matches(out, ref, FP32_TOLERANCE)
+
+
+class ZeroFills(TorchDispatchMode):
+    """Records the shapes of the zero-filled tensors made while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.new_zeros, torch.ops.aten.zero_,
+                                   torch.ops.aten.zeros_like, torch.ops.aten.fill_):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@needs_triton_device
+def test_unused_outputs_get_no_zero_gradients_and_the_final_state_alone_trains():
+    """The backward gets None for outputs nobody used (ops._setup_context): no [B*H, NT+1, K, V] zeros
+    for the chunk states when only o is used; and ht alone (o unused) still gives the float64 grads."""
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    q, k, v, g = (x.requires_grad_() for x in small(device=device, T=40, K=16, V=32))
+    o, _ = chunk_gla(q, k, v, g, chunk_size=16)
+    with ZeroFills() as fills:
+        o.sum().backward()
+    states_shape = (1, 3 + 1, 16, 32)  # B*H, NT+1, K, V
+    assert states_shape not in fills.shapes
+    k64, v64, g64 = (x.detach().double().requires_grad_() for x in (k, v, g))
+    _, ht = chunk_gla(q, k, v, g, chunk_size=16, output_final_state=True)
+    grads = torch.autograd.grad(ht.sum(), (k, v, g))  # ht does not depend on q
+    _, ht_ref = naive_recurrent_gla(q.detach().double(), k64, v64, g64, output_final_state=True)
+    refs = torch.autograd.grad(ht_ref.sum(), (k64, v64, g64))
+    for name, grad, ref in zip("kvg", grads, refs):
+        error = ((grad.double() - ref).norm() / ref.norm()).item()
+        assert error < FP32_TOLERANCE, (name, error)
 
 
 def small(dtype=torch.float32, device="cpu", **shape):

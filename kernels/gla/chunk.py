@@ -123,7 +123,6 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     L, cfg = launch, launch.cfg
     h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
-    o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
     if L.walks:
         launch_state_walk(k, v, g, h, gl, h0, 1.0, L, backward=False)
     else:
@@ -132,6 +131,10 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
             k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, gl, L.gate_scale, L.T, L.NT, L.E,
             **meta, num_warps=cfg.chunk_warps)
         launch_state_scan(h, gl, h0, False, cfg)
+    # o after the state pass: it can take the walk's gate-cumsum buffer, freed by now (K=V=128,
+    # B*T=131072, H=16: o 0.5 GB, the cumsum 1.1 GB; the forward's peak was ours 3.6-4.1 GB against
+    # fla's 3.1 on the H200 with o allocated first, reports/h200-2026-12-03e/kernels.csv)
+    o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
     grid, meta = L.tiles("fwd output")
     gla_fwd_output_kernel[grid](
         q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, o, scale,
@@ -146,12 +149,6 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
     tensors of the input dtypes. Returns (dq, dk, dv, dg, dh0 fp32 [B, H, K, V]). do: contiguous."""
     L, cfg = launch, launch.cfg
     dh = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
-    if grads is None:
-        grads = (torch.empty(q.shape, device=q.device, dtype=q.dtype),
-                 torch.empty(k.shape, device=q.device, dtype=k.dtype),
-                 torch.empty(v.shape, device=q.device, dtype=v.dtype),
-                 torch.empty(g.shape, device=q.device, dtype=g.dtype))
-    dq, dk, dv, dg = grads
     if L.walks:
         launch_state_walk(q, do, g, dh, gl, dht, scale, L, backward=True)
     else:
@@ -160,6 +157,12 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
             q, *rows_layout(q), g, *rows_layout(g), do, dh, scale, L.gate_scale, L.T, L.NT, L.E,
             **meta, num_warps=cfg.chunk_warps)
         launch_state_scan(dh, gl, dht, True, cfg)
+    if grads is None:  # after the state pass, like o in the forward: they can take the walk's cumsum buffer
+        grads = (torch.empty(q.shape, device=q.device, dtype=q.dtype),
+                 torch.empty(k.shape, device=q.device, dtype=k.dtype),
+                 torch.empty(v.shape, device=q.device, dtype=v.dtype),
+                 torch.empty(g.shape, device=q.device, dtype=g.dtype))
+    dq, dk, dv, dg = grads
     # dg_work parks W (see the dq kernel) in fp32; dg can hold it itself when it is fp32 and has
     # dg_work's contiguous layout.
     contiguous_fp32 = dg.dtype == torch.float32 and dg.is_contiguous()
