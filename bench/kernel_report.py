@@ -16,11 +16,15 @@ GLA_CHECKS = {"peak_mem": "peak MiB", "bandwidth": "GB/s", "floor_ratio": "x HBM
 
 
 def cell(line: pd.DataFrame, metric: str) -> str:
-    """One metric of rows indexed by metric: its value (3 digits), its status, or '' if absent."""
+    """One metric of rows indexed by metric: its value (3 digits; "(unsteady)" after a timing whose
+    spread stayed wide, kernel_bench.time_ms), its status, or '' if absent."""
     if metric not in line.index:
         return ""
     row = line.loc[metric]
-    return f"{row['median']:.3g}" if row["status"] == "ok" else row["status"]
+    if row["status"] != "ok":
+        return row["status"]
+    unsteady = isinstance(row["error"], str) and row["error"].startswith("unsteady")
+    return f"{row['median']:.3g}" + (" (unsteady)" if unsteady else "")
 
 
 def time_table(group: pd.DataFrame) -> str:

@@ -248,3 +248,35 @@ def test_naive_backward_is_skipped_where_its_saved_states_would_not_fit():
     assert reason("cuda", big, "fwd+bwd") == ("skipped: the token loop's backward would keep 384 GiB of fp32 "
                                               "states (> 64 GiB)")
     assert reason("cuda", Case("gla", 1024, 128, 8, 64, 64), "fwd+bwd") is None  # 48 GiB
+
+
+def test_an_unsteady_timing_is_taken_again_and_the_steadiest_round_kept(monkeypatch):
+    """time_ms on CUDA: a round whose p20-p80 spread exceeds UNSTEADY_SPREAD is followed by another,
+    at most TIMING_ROUNDS in all; a steady first round is the only one."""
+    import triton.testing
+
+    from bench import kernel_bench
+
+    def fake_do_bench(rounds):
+        calls = iter(rounds)
+        monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: next(calls))
+
+    fake_do_bench([[1.0, 0.8, 1.4], [1.1, 1.0, 1.2], [1.0, 0.99, 1.01], [9.0, 9.0, 9.0]])
+    assert kernel_bench.time_ms(lambda: None, "cuda") == (1.0, 0.99, 1.01)  # the third, steady round
+    fake_do_bench([[2.0, 1.99, 2.01], [9.0, 9.0, 9.0]])
+    assert kernel_bench.time_ms(lambda: None, "cuda") == (2.0, 1.99, 2.01)
+    fake_do_bench([[1.0, 0.5, 1.5], [1.0, 0.8, 1.2], [1.0, 0.6, 1.4]])
+    steadiest = kernel_bench.time_ms(lambda: None, "cuda")
+    assert steadiest == (1.0, 0.8, 1.2) and kernel_bench.spread_of(steadiest) > kernel_bench.UNSTEADY_SPREAD
+
+
+def test_the_report_marks_an_unsteady_time():
+    import pandas as pd
+
+    from bench.kernel_report import cell
+
+    line = pd.DataFrame({"median": [1.234, 2.0], "status": ["ok", "ok"],
+                         "error": ["unsteady: p20-p80 spread 20% of the median in the steadiest of 3 rounds",
+                                   ""]},
+                        index=["time", "peak_mem"])
+    assert cell(line, "time") == "1.23 (unsteady)" and cell(line, "peak_mem") == "2"
