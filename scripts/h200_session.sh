@@ -17,8 +17,10 @@
 #             slower than graph and take a minute each: phase compile), DiT-cuDNN and Flash-DiT in all three
 #   compile   DiG's torch.compile rows at S/2 256 and 2048 px
 #   ab        the A/B of this tree's GLA kernels against the tree at $AB_OLD (a checkout of an earlier
-#             commit, carried; label "old"), each class's default config, T = 256, 4096, 16384; both trees
-#             compiled first in parallel processes (Triton's cache), then timed one class at a time
+#             commit, carried; label "old"), each class's default config at T = $AB_LENGTHS (default
+#             256 4096 16384), this tree also at the gla_ab configs of $AB_CONFIGS (for example
+#             "default default:state_walk_min_programs=1"); both trees compiled first in parallel
+#             processes (Triton's cache), then timed one class at a time
 #   kernels   the GLA kernel benchmark (ours and fla) one head-dim class at a time, then the GLA tuning
 #   more      DiG-reference and DiG-fla eager, the rest of Fig. 2 in eager
 #   figs      Fig. 2 then Fig. 3 in all three modes (DiG-fla in eager), into reports/h200-figs/ (a tracked
@@ -142,13 +144,17 @@ phase_kernels() {
     cp "$(python3 -c 'from kernels.gla.tuning import cache_path; print(cache_path())')" "$OUT"/ 2>/dev/null
 }
 
+configs_of() {  # configs_of LABEL:DIR: the gla_ab configs of one tree of phase ab
+    if [ "${1%%:*}" = new ]; then echo "${AB_CONFIGS:-default}"; else echo default; fi
+}
+
 phase_ab() {
-    local dims tree trees="new:$PWD" lengths="256 4096 16384"
+    local dims tree trees="new:$PWD" lengths="${AB_LENGTHS:-256 4096 16384}"
     [ -n "${AB_OLD:-}" ] && trees="old:$AB_OLD $trees"
     for tree in $trees; do
         for dims in 32x64 64x64 128x128; do
             PYTHONPATH="${tree#*:}:${PYTHONPATH#*:}" python3 scripts/gla_ab.py --label compile --compile-only \
-                --head-dims $dims --lengths $lengths > /dev/null 2>&1 &
+                --head-dims $dims --lengths $lengths --configs $(configs_of "$tree") > /dev/null 2>&1 &
         done
     done
     wait
@@ -156,7 +162,8 @@ phase_ab() {
         for tree in $trees; do
             [ "$(left)" -le 60 ] && { echo "no time left for ab $dims"; return; }
             PYTHONPATH="${tree#*:}:${PYTHONPATH#*:}" timeout $(( $(left) - 30 )) python3 scripts/gla_ab.py \
-                --label "${tree%%:*}" --head-dims $dims --lengths $lengths --out "$RESULTS/gla_ab.csv" \
+                --label "${tree%%:*}" --head-dims $dims --lengths $lengths --configs $(configs_of "$tree") \
+                --out "$RESULTS/gla_ab.csv" \
                 | sed -E "s/'config': '[^']*', //"
             cp "$RESULTS/gla_ab.csv" "$OUT"/
         done
