@@ -1,7 +1,7 @@
 """Registers and spills per thread of the GLA chunk kernels for an NVIDIA GPU, on a machine without one.
 
     python scripts/gla_registers.py [--arch 90] [--chunk 64] [--warps 4] [--dots fp32|bf16] [--inner 32] \
-        KxV[:BKxBV] ...
+        [--gate-cumsum] KxV[:BKxBV] ...
 
 Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan of the class's
 default config, config.default_config), with [BK, BV] state tiles (default: chunk_block_k x
@@ -90,6 +90,8 @@ def main(argv=None) -> int:
                         choices=(16, 32, 64, 128),
                         help="step of the chunk-wide loops over a summed head dim (chunk_block_inner)")
     parser.add_argument("--dots", choices=("fp32", "bf16"), default="fp32", help="dot operands (GLAConfig)")
+    parser.add_argument("--gate-cumsum", action="store_true",
+                        help="the output pass reads the walk's gate cumsum (GLAConfig.output_gate_cumsum)")
     args = parser.parse_args(argv)
     if not CUOBJDUMP.exists():
         print(f"gla_registers: Triton's cuobjdump is missing ({CUOBJDUMP}); install triton with its NVIDIA "
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
               f"{args.warps} warps, {args.dots} dots, inner step {args.inner}, "
               f"sm_{args.arch}:")
         base = dict(H=1, K=K, V=V, BT=args.chunk, BC=SUB_CHUNK, REVERSE=False, TRANSPOSE=False,
-                    GATE_LOGSIGMOID=True, PREC=prec)
+                    GATE_LOGSIGMOID=True, PREC=prec, USE_GC=args.gate_cumsum)
         plan = launch_plan(K, V, replace(default_config(K, V), chunk_block_k=tile_k, chunk_block_v=tile_v,
                                          chunk_block_inner=args.inner))
         _, walk_bk, walk_bv, _ = plan["fwd local state"]

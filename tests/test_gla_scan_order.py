@@ -5,6 +5,8 @@ before the kernels learned the orders), runs the float64 naive recurrence in ras
 scatters the output back: an independent route to the same function.
 """
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from gla_cases import FP32_TOLERANCE, make_inputs
 from helpers import assert_close_rel, needs_triton_device
 from kernels import interpreting
-from kernels.gla import SCAN_ORDERS, chunk_gla, chunk_gla_torch, naive_recurrent_gla, scan_index
+from kernels.gla import SCAN_ORDERS, chunk_gla, chunk_gla_torch, naive_recurrent_gla, scan_index, tuning
 
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
 
@@ -93,6 +95,17 @@ def test_torch_backends_follow_the_scan_order(scan_order, gate_normalizer):
 @pytest.mark.parametrize("scan_order", SCAN_ORDERS)
 def test_triton_follows_the_scan_order(scan_order, gate_normalizer):
     check(chunk_gla, scan_order, gate_normalizer, device=DEVICE, chunk_size=16)
+
+
+@needs_triton_device
+@pytest.mark.parametrize("scan_order", ("column", "reversed_column"))
+def test_the_output_pass_reads_the_walks_gate_cumsum_in_scan_order(scan_order, monkeypatch):
+    """GLAConfig.output_gate_cumsum: the cumsum is stored by scan position, and the output pass reads
+    it by position while it reads the token rows through the scan order."""
+    get_config = tuning.get_config
+    monkeypatch.setattr(tuning, "get_config", lambda *args, **kwargs: dataclasses.replace(
+        get_config(*args, **kwargs), output_gate_cumsum=1))
+    check(chunk_gla, scan_order, 16.0, device=DEVICE, chunk_size=16)
 
 
 @needs_triton_device

@@ -267,6 +267,11 @@ VARIANT_CASES = [
     ((1, 200, 2, 24, 40, 16, True, True, "half_extreme", torch.float32), dict(state_walk_max_chunks=0)),
     ((2, 100, 1, 32, 64, 32, False, True, "very_negative", torch.float32), dict(state_walk_max_chunks=0)),
     ((1, 130, 1, 128, 128, 64, True, True, "mixed", torch.bfloat16), dict(state_walk_max_chunks=0)),
+    # the output pass reading the walk's gate cumsum (output_gate_cumsum): a partial last chunk, the
+    # chunk-wide path and its fallback (very negative gates), bf16 at 128 x 128 in K steps
+    ((1, 200, 2, 48, 80, 64, True, True, "mixed", torch.float32), dict(output_gate_cumsum=1)),
+    ((2, 65, 1, 32, 64, 32, False, True, "very_negative", torch.float32), dict(output_gate_cumsum=1)),
+    ((1, 130, 1, 128, 128, 64, True, False, "mixed", torch.bfloat16), dict(output_gate_cumsum=1)),
     # the walk over many chunks, taken for its program count (state_walk_min_programs)
     ((2, 200, 1, 32, 64, 16, True, True, "half_extreme", torch.float32),
      dict(state_walk_max_chunks=1, state_walk_min_programs=2)),

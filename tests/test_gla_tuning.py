@@ -69,6 +69,20 @@ def test_other_gpu_entries_are_not_used(cache_file, fake_gpu):
     assert tuning.get_config(4096, 32, 64, torch.bfloat16) == DEFAULT_CONFIG
 
 
+def test_an_entry_of_an_older_version_runs_the_default_with_a_warning(cache_file, fake_gpu):
+    key = tuning.shape_key(4096, 32, 64, torch.bfloat16)
+    old = entry(GLAConfig(chunk_size=32))
+    old["config"]["state_walk_block_t"] = 16  # a field removed since
+    del old["config"]["output_block_v"]  # a field added since: takes its default
+    tuning.save_cache({"Test GPU | triton x": {key: old}})
+    with pytest.warns(UserWarning, match="state_walk_block_t"):
+        assert tuning.get_config(4096, 32, 64, torch.bfloat16) == DEFAULT_CONFIG
+    del old["config"]["state_walk_block_t"]
+    tuning.save_cache({"Test GPU | triton x": {key: old}})
+    tuning._memory_cache.clear()
+    assert tuning.get_config(4096, 32, 64, torch.bfloat16) == GLAConfig(chunk_size=32)
+
+
 def test_without_a_gpu_the_cache_is_not_read(cache_file):
     cache_file.write_text("not json")
     assert tuning.get_config(4096, 32, 64, torch.bfloat16, tune_allowed=False) == DEFAULT_CONFIG

@@ -101,7 +101,7 @@ def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool)
     """The state pass as one walk over the chunks (state_walk.py): forward (a, b = k, v) fills the
     states x and gl, backward (a, b = q, do) the state gradients x; the gates' chunk-local cumsum
     first (a [B*H, T, K] fp32 buffer, formed again by the backward rather than kept), then one walk
-    program per (batch, head) and state tile of the local-state launches."""
+    program per (batch, head) and state tile of the local-state launches. Returns the cumsum."""
     L = launch
     gc = torch.empty(L.B * L.H, L.T, L.K, device=g.device, dtype=torch.float32)
     scan = dict(H=L.H, K=L.K, BT=L.cfg.chunk_size, REVERSE=L.shape["REVERSE"], TRANSPOSE=L.shape["TRANSPOSE"])
@@ -114,6 +114,7 @@ def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool)
     chunk_state_walk_kernel[(1, n_bh, n_tiles)](
         a, *rows_layout(a), b, *rows_layout(b), gc, x, gl, x0, scale, L.T, L.NT, L.E, **meta,
         USE_X0=x0 is not None, BACKWARD=backward, num_warps=L.cfg.chunk_warps, num_stages=L.cfg.num_stages)
+    return gc
 
 
 def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
@@ -123,23 +124,25 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     L, cfg = launch, launch.cfg
     h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
+    gc = None  # the walk's gate cumsum, kept for the output pass with cfg.output_gate_cumsum
     if L.walks:
-        launch_state_walk(k, v, g, h, gl, h0, 1.0, L, backward=False)
+        gc = launch_state_walk(k, v, g, h, gl, h0, 1.0, L, backward=False)
+        gc = gc if cfg.output_gate_cumsum else None
     else:
         grid, meta = L.tiles("fwd local state")
         gla_fwd_local_state_kernel[grid](
             k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, gl, L.gate_scale, L.T, L.NT, L.E,
             **meta, num_warps=cfg.chunk_warps)
         launch_state_scan(h, gl, h0, False, cfg)
-    # o after the state pass: it can take the walk's gate-cumsum buffer, freed by now (K=V=128,
+    # o after the state pass: it can take the walk's gate-cumsum buffer, freed by now unless kept (K=V=128,
     # B*T=131072, H=16: o 0.5 GB, the cumsum 1.1 GB; the forward's peak was ours 3.6-4.1 GB against
     # fla's 3.1 on the H200 with o allocated first, reports/h200-2026-12-03e/kernels.csv)
     o = torch.empty(L.B, L.T, L.H, L.V, device=q.device, dtype=v.dtype)
     grid, meta = L.tiles("fwd output")
     gla_fwd_output_kernel[grid](
-        q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g), h, o, scale,
-        L.gate_scale, L.T, L.NT, L.E, BC=SUB_CHUNK, **meta, num_warps=cfg.chunk_warps,
-        num_stages=cfg.num_stages)
+        q, *rows_layout(q), k, *rows_layout(k), v, *rows_layout(v), g, *rows_layout(g),
+        g if gc is None else gc, h, o, scale, L.gate_scale, L.T, L.NT, L.E, BC=SUB_CHUNK, **meta,
+        USE_GC=gc is not None, num_warps=cfg.chunk_warps, num_stages=cfg.num_stages)
     return o, h, gl
 
 

@@ -361,8 +361,8 @@ def dv_wide(p_q, q_st, p_k, k_st, p_g, g_st, p_do, p_dv, dv_st, dh, slot_end, sc
     """gla_bwd_dkv_kernel's dv-only program (BK >= K) as one block of dots if its chunk's gates allow
     (returned): the scores and (k decayed) dS_end sum over K BI columns at a time, and with them the
     chunk's gate range, as in the forward output pass."""
-    b_A, b_dv, b_range = sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, dh, slot_end, gate_scale, T, i_c, o_t,
-                                     m_t, o_v, m_v, K, V, BT, BV, BI, GATE_LOGSIGMOID, PREC, True)
+    b_A, b_dv, b_range = sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, p_g, dh, slot_end, gate_scale, T, i_c,
+                                     o_t, m_t, o_v, m_v, K, V, BT, BV, BI, GATE_LOGSIGMOID, PREC, True, False)
     wide = chunk_wide_ok(b_range, PREC)
     if wide:
         m_causal, _, _ = sub_chunk_masks(BT)

@@ -157,15 +157,29 @@ def chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_k, m_k, BT: tl.constexpr, G
 
 
 @triton.jit
+def load_gate_cumsum(p_gc, i_c, T, m_t, o_k, m_k, K: tl.constexpr, BT: tl.constexpr):
+    """chunk_gate_cumsum's cumsum [BT, BK] and gate total [BK] of chunk c, read from a [T, K] fp32 gate
+    cumsum (state_walk.gate_cumsum_kernel: positions in scan order, restarting every BT): the total is
+    the cumsum at the chunk's last position in the sequence, as gate_total_at_last_token reads it, and
+    positions past the sequence hold it, as they do in chunk_gate_cumsum (their gates are 0)."""
+    o_i = i_c * BT + tl.arange(0, BT)
+    b_glast = tl.load(p_gc + (tl.minimum(i_c * BT + BT, T) - 1) * K + o_k, mask=m_k, other=0.0)
+    b_gc = tl.load(p_gc + o_i[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+    return tl.where(m_t[:, None], b_gc, b_glast[None, :]), b_glast
+
+
+@triton.jit
 def gla_fwd_output_kernel(
-    q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, h, o, scale, gate_scale, T, NT, E,
+    q, q_sb, q_st, k, k_sb, k_st, v, v_sb, v_st, g, g_sb, g_st, gc, h, o, scale, gate_scale, T, NT, E,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BI: tl.constexpr,
     REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr, GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr,
+    USE_GC: tl.constexpr,
 ):
     """o of chunk c ([B, T, H, V], contiguous) from the state entering it. One program per chunk and
     BV columns of V; BK >= K, as the scores q k^T sum over all of K. The chunk-wide sums run over K
-    in steps of BI columns, and with them the chunk's gate range; a chunk whose gates span less than
+    in steps of BI columns (reading the gate cumsum gc [B*H, T, K] with USE_GC, else forming it from
+    g), and with them the chunk's gate range; a chunk whose gates span less than
     CHUNK_GATE_RANGE keeps them, any other walks its sub-chunks instead (output_walk)."""
     i_c, i_bh = tl.program_id(0), tl.program_id(1)
     o_k, o_v, m_k, m_v = lanes(K, V, BK, BV)
@@ -174,8 +188,9 @@ def gla_fwd_output_kernel(
     p_o = o + head_offset(i_bh, H, T * H * V, V)
     slot = i_bh.to(tl.int64) * (NT + 1) + i_c
     o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
-    b_A, b_o, b_range = sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, h, slot, gate_scale, T, i_c, o_t, m_t,
-                                    o_v, m_v, K, V, BT, BV, BI, GATE_LOGSIGMOID, PREC, False)
+    p_gc = gc + i_bh.to(tl.int64) * T * K
+    b_A, b_o, b_range = sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, p_gc, h, slot, gate_scale, T, i_c, o_t,
+                                    m_t, o_v, m_v, K, V, BT, BV, BI, GATE_LOGSIGMOID, PREC, False, USE_GC)
     if chunk_wide_ok(b_range, PREC):
         m_causal, _, _ = sub_chunk_masks(BT)
         b_v = load_rows(p_v, o_t, m_t, o_v, m_v, v_st)  # [BT, BV]
@@ -188,21 +203,26 @@ def gla_fwd_output_kernel(
 
 
 @triton.jit
-def sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, p_state, slot, gate_scale, T, i_c, o_t, m_t, o_v, m_v,
+def sums_over_k(p_q, q_st, p_k, k_st, p_g, g_st, p_gc, p_state, slot, gate_scale, T, i_c, o_t, m_t, o_v, m_v,
                 K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, BI: tl.constexpr,
-                GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr, KEYS: tl.constexpr):
+                GATE_LOGSIGMOID: tl.constexpr, PREC: tl.constexpr, KEYS: tl.constexpr, USE_GC: tl.constexpr):
     """The chunk-wide sums over K of the output pass (KEYS False) and the dv-only pass (KEYS True), BI
     columns at a time: the unmasked scores q k^T with the gates' decay (factored_scores, [BT, BT]),
     (q exp(G)) S or, with KEYS, (k exp(G_last - G)) dS ([BT, BV], S or dS: slot of the fp32 states
-    p_state), and the chunk's gate range over all the K lanes (chunk_wide_ok decides with it)."""
+    p_state), and the chunk's gate range over all the K lanes (chunk_wide_ok decides with it). With
+    USE_GC the gate cumsum G is read from p_gc (this (batch, head)'s [T, K] rows of the state walk's
+    state_walk.gate_cumsum_kernel) instead of formed from g."""
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     b_x = tl.zeros([BT, BV], dtype=tl.float32)
     b_range = tl.full([], 0.0, dtype=tl.float32)
     for i_b in range((K + BI - 1) // BI):
         o_kb = i_b * BI + tl.arange(0, BI)
         m_kb = o_kb < K
-        _, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_kb, m_kb, BT, GATE_LOGSIGMOID,
-                                             gate_scale)
+        if USE_GC:
+            b_gc, b_glast = load_gate_cumsum(p_gc, i_c, T, m_t, o_kb, m_kb, K, BT)
+        else:
+            _, b_gc, b_glast = chunk_gate_cumsum(p_g, g_st, i_c, T, o_t, m_t, o_kb, m_kb, BT, GATE_LOGSIGMOID,
+                                                 gate_scale)
         b_range = tl.maximum(b_range, gate_range(b_gc, b_glast, BT))
         b_q = load_rows(p_q, o_t, m_t, o_kb, m_kb, q_st)  # [BT, BI]
         b_k = load_rows(p_k, o_t, m_t, o_kb, m_kb, k_st)

@@ -68,6 +68,13 @@ class GLAConfig:
     # tiles for more programs were slower everywhere (K=32 V=64 T=256 1.41 ms with one [32, 64] tile,
     # 1.57 with [32, 32], 2.00 with [32, 16]): they read the other operand once per tile.
     state_walk_min_programs: int = 256
+    # 1: where the state walk runs, the forward output pass reads the walk's gate cumsum ([B*H, T, K]
+    # fp32, state_walk.gate_cumsum_kernel; kept until the output pass, 1.1 GB at K=V=128, B*T=131072,
+    # H=16) instead of forming it from g on its chunk-wide path; 0: forms it. The walk's own
+    # layout of the work cut its time by half or more (reports/h200-2026-12-03e/walk_diag.csv); the
+    # output pass was 4.43 ms against fla's 3.81 for A and o at K=V=128 T=4096 (same folder,
+    # kernels.csv). 0 until timed.
+    output_gate_cumsum: int = 0
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors

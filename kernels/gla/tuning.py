@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,6 +84,19 @@ def save_cache(cache: dict, path: Path | None = None) -> Path:
     return path
 
 
+def cached_config(fields: dict, shape: str) -> GLAConfig | None:
+    """The GLAConfig of a cache entry's fields (fields it lacks take their defaults), or None with a
+    warning when it names a field this version does not have (an entry tuned by an older version, e.g.
+    state_walk_block_t, removed at 32b01ac): that shape then runs its default config."""
+    unknown = sorted(set(fields) - {field.name for field in dataclasses.fields(GLAConfig)})
+    if unknown:
+        warnings.warn(f"GLA tuning cache {cache_path()}: the entry for {shape} names fields this version "
+                      f"does not have ({', '.join(unknown)}); it runs the default config. Re-run "
+                      "`python bench.py tune --force`.", stacklevel=3)
+        return None
+    return GLAConfig(**fields)
+
+
 def get_config(T, K, V, dtype, chunk_size=None, tune_allowed=True) -> GLAConfig:
     """The cached config for this GPU and shape class, or the default. Never tunes.
 
@@ -94,7 +108,7 @@ def get_config(T, K, V, dtype, chunk_size=None, tune_allowed=True) -> GLAConfig:
         key = (device_key(), shape_key(T, K, V, dtype))
         if key not in _memory_cache:
             entry = load_cache().get(key[0], {}).get(key[1])
-            _memory_cache[key] = GLAConfig(**entry["config"]) if entry else None
+            _memory_cache[key] = cached_config(entry["config"], key[1]) if entry else None
         cfg = _memory_cache[key] or cfg
     if chunk_size is not None and chunk_size != cfg.chunk_size:
         cfg = dataclasses.replace(cfg, chunk_size=chunk_size)  # every other field as tuned
