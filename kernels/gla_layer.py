@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from kernels.gla.chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
-from kernels.gla.config import GLAConfig
+from kernels.gla.config import GLAConfig, state_dtype
 from kernels.gla.scan_order import scan_flags
 from kernels.gla.torch_chunk import chunk_gla_torch
 from kernels.gla.tuning import launch_config
@@ -73,7 +73,8 @@ def _(proj, gate_up_weight, gate_up_bias, norm_weight, heads, head_k, head_v, re
     N, T, _ = proj.shape
     NT = (T + config[0] - 1) // config[0]
     return (proj.new_empty(N, T, heads * head_v), proj.new_empty(N, T, heads, head_v),
-            proj.new_empty(N * heads, NT + 1, head_k, head_v, dtype=torch.float32),
+            proj.new_empty(N * heads, NT + 1, head_k, head_v,
+                           dtype=state_dtype(GLAConfig.from_op_arguments(config), proj.dtype)),
             proj.new_empty(N * heads, NT, head_k, dtype=torch.float32),
             proj.new_empty(N * T * heads, dtype=torch.float32))
 
@@ -119,6 +120,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*weights, o, h, gl, rstd)
     ctx.arguments = arguments
     ctx.mark_non_differentiable(o, h, gl, rstd)
+    # None, not zeros, for those four in the backward: autograd filled zeros of each, every layer and
+    # step (DiG-S/2 at 2048 px, batch 4: o and the fp32 chunk states h are 50 MB each per layer).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, _do, _dh, _dgl, _drstd):

@@ -148,6 +148,7 @@ def _setup_context(ctx, inputs, output):
     _, mean, rstd = output
     ctx.save_for_backward(x, scale, mean, rstd)
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # None for the statistics, not a zero fill each backward
 
 
 def _backward(ctx, dh, _dmean, _drstd):

@@ -170,6 +170,7 @@ def _setup_context(ctx, inputs, output):
     o, gate, weight, _ = inputs
     ctx.save_for_backward(o, gate, weight, output[1])
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # None for the statistics, not a zero fill each backward
 
 
 def _backward(ctx, dy, _drstd):

@@ -1,7 +1,7 @@
 """Registers and spills per thread of the GLA chunk kernels for an NVIDIA GPU, on a machine without one.
 
     python scripts/gla_registers.py [--arch 90] [--chunk 64] [--warps 4] [--dots fp32|bf16] [--inner 32] \
-        [--gate-cumsum] KxV[:BKxBV] ...
+        [--gate-cumsum] [--bf16-states] KxV[:BKxBV] ...
 
 Each KxV head-dim class is compiled as kernels/gla/chunk.py launches it (its launch_plan of the class's
 default config, config.default_config), with [BK, BV] state tiles (default: chunk_block_k x
@@ -33,17 +33,18 @@ from kernels.gla.config import DEFAULT_CONFIG, block_sizes, default_config  # no
 from kernels.gla.state_walk import chunk_state_walk_kernel  # noqa: E402
 
 FP32_BUFFERS = ("h", "gl", "gc", "dh", "dg_work", "ptot", "x", "x0")  # fp32 work buffers (the inputs: bf16)
+STATE_BUFFERS = ("h", "dh", "x")  # bf16 with --bf16-states (GLAConfig.bf16_states)
 SCALARS = ("scale", "gate_scale")
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
-def signature(fn, constants: dict) -> dict:
+def signature(fn, constants: dict, bf16_states: bool = False) -> dict:
     """Triton argument types of a chunk kernel: bf16 tensors, fp32 work buffers, int32 sizes and strides."""
     types = {}
     for name in fn.arg_names:
         if name in constants:
             types[name] = "constexpr"
-        elif name in FP32_BUFFERS:
+        elif name in FP32_BUFFERS and not (bf16_states and name in STATE_BUFFERS):
             types[name] = "*fp32"
         elif name in SCALARS:
             types[name] = "fp32"
@@ -54,10 +55,11 @@ def signature(fn, constants: dict) -> dict:
     return types
 
 
-def resources(fn, constants: dict, arch: int, warps: int, stages: int) -> tuple[int, int]:
+def resources(fn, constants: dict, arch: int, warps: int, stages: int,
+              bf16_states: bool = False) -> tuple[int, int]:
     """(registers per thread, spill stack bytes) of fn compiled for sm_<arch>."""
     constants = {name: value for name, value in constants.items() if name in fn.arg_names}
-    source = ASTSource(fn=fn, signature=signature(fn, constants),
+    source = ASTSource(fn=fn, signature=signature(fn, constants, bf16_states),
                        constexprs={(fn.arg_names.index(name),): value for name, value in constants.items()})
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                             options=dict(num_warps=warps, num_stages=stages))
@@ -90,6 +92,8 @@ def main(argv=None) -> int:
                         choices=(16, 32, 64, 128),
                         help="step of the chunk-wide loops over a summed head dim (chunk_block_inner)")
     parser.add_argument("--dots", choices=("fp32", "bf16"), default="fp32", help="dot operands (GLAConfig)")
+    parser.add_argument("--bf16-states", action="store_true",
+                        help="bf16 stored states h, dh (GLAConfig.bf16_states)")
     parser.add_argument("--gate-cumsum", action="store_true",
                         help="the output pass reads the walk's gate cumsum (GLAConfig.output_gate_cumsum)")
     args = parser.parse_args(argv)
@@ -112,7 +116,8 @@ def main(argv=None) -> int:
             plan[f"state walk {way}"] = (chunk_state_walk_kernel, walk_bk, walk_bv,
                                          dict(USE_X0=True, BACKWARD=way == "bwd"))
         for label, (fn, bk, bv, extra) in plan.items():
-            regs, spill = resources(fn, dict(base, BK=bk, BV=bv, **extra), args.arch, args.warps, args.stages)
+            regs, spill = resources(fn, dict(base, BK=bk, BV=bv, **extra), args.arch, args.warps, args.stages,
+                                    args.bf16_states)
             print(f"  {label:16s} [{bk:>3}, {bv:>3}] tile: {regs:3d} registers, {spill:5d} spill bytes "
                   "per thread")
     return 0

@@ -1,10 +1,12 @@
 """Helpers shared by the tests: relative error in float64, where NaN or inf never passes, the
-random weights that make a zero-initialised model's every branch count, and where Triton runs."""
+random weights that make a zero-initialised model's every branch count, where Triton runs, and a
+record of the zero-filled tensors an autograd backward makes."""
 
 import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import interpreting
 
@@ -60,3 +62,18 @@ def assert_close_rel(name, out, ref, tol):
         f"(shape {tuple(out.shape)}, dtype {out.dtype}, non-finite entries {nonfinite}, "
         f"max |out - ref| {max_abs:.3e}, ||ref|| {ref64.norm().item():.3e})."
     )
+
+
+class ZeroFills(TorchDispatchMode):
+    """Records the shapes of the zero-filled tensors made while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.new_zeros, torch.ops.aten.zero_,
+                                   torch.ops.aten.zeros_like, torch.ops.aten.fill_):
+            self.shapes.append(tuple(out.shape))
+        return out

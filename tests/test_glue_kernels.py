@@ -19,12 +19,13 @@ import kernels.dwconv
 import kernels.gated_residual
 import kernels.ln_modulate
 from helpers import TRITON_DEVICE as DEVICE
-from helpers import assert_close_rel, needs_triton_device, rel_err
+from helpers import ZeroFills, assert_close_rel, needs_triton_device, rel_err
 from kernels import TokenSplit, interpreting
 from kernels.dwconv import ConvTiles, depthwise_conv3x3, depthwise_conv3x3_ref, orient_taps
 from kernels.gated_residual import gated_residual, gated_residual_ref
 from kernels.gla import SCAN_ORDERS, scan_index
 from kernels.ln_modulate import layer_norm_modulate, layer_norm_modulate_ref
+from kernels.norm_gate import rms_norm_swish_gate_fused
 from kernels.partial_sums import sum_partials
 from kernels.swiglu import swiglu, swiglu_down, swiglu_down_ref, swiglu_ref
 
@@ -248,3 +249,16 @@ def test_bad_shapes_are_refused():
 def test_glue_ops_pass_opcheck(op, args):
     inputs = [x.requires_grad_() if isinstance(x, torch.Tensor) else x for x in args()]
     torch.library.opcheck(getattr(torch.ops.dig, op).default, inputs)
+
+
+@needs_triton_device
+def test_the_norm_statistics_get_no_zero_gradients():
+    """The LN mean / rstd and the RMSNorm rstd are outputs kept for the backward: autograd passes
+    None for them (set_materialize_grads(False)), not one zero fill per op and backward."""
+    x, shift, scale = draw(2, 8, 32, seed=1), draw(2, 32, seed=2), draw(2, 32, seed=3)
+    o, gate, weight = draw(16, 32, seed=4), draw(16, 32, seed=5), 1 + draw(32, seed=6, scale=0.1)
+    leaves = [t.requires_grad_() for t in (x, shift, scale, o, gate, weight)]
+    with ZeroFills() as fills:
+        layer_norm_modulate(*leaves[:3]).sum().backward()
+        rms_norm_swish_gate_fused(*leaves[3:]).sum().backward()
+    assert not {(2, 8), (16,)} & set(fills.shapes), fills.shapes

@@ -12,7 +12,7 @@ from kernels import interpreting
 from .checks import check_gla_inputs
 from .chunk_bwd import gla_bwd_dkv_kernel, gla_bwd_dq_kernel, gla_bwd_fused_kernel, gla_bwd_local_state_kernel
 from .chunk_fwd import gla_fwd_local_state_kernel, gla_fwd_output_kernel
-from .config import GLAConfig, block_sizes, dot_precision, tiles_cover_head, walks
+from .config import GLAConfig, block_sizes, dot_precision, state_dtype, tiles_cover_head, walks
 from .scan_order import grid_side, scan_flags
 from .state_scan import MAX_GROUP, chunk_state_scan_kernel
 from .state_walk import chunk_state_walk_kernel, gate_cumsum_kernel
@@ -39,6 +39,7 @@ class Launch:
         self.shape = dict(H=self.H, K=self.K, V=self.V, BT=cfg.chunk_size, REVERSE=reverse,
                           TRANSPOSE=transpose, GATE_LOGSIGMOID=gate_scale is not None,
                           PREC=dot_precision(q.dtype, interpreting(), cfg.dot_operands))
+        self.state_dtype = state_dtype(cfg, q.dtype)  # of the stored states h and dh
         self.plan = launch_plan(self.K, self.V, cfg)
         self.walks = walks(cfg, self.T, self.B * self.H, self.K, self.V)  # state walk, or local states + scan
 
@@ -119,10 +120,11 @@ def launch_state_walk(a, b, g, x, gl, x0, scale, launch: Launch, backward: bool)
 
 def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     """Forward. Returns o [B, T, H, V] (contiguous, v's dtype), the chunk states h [B*H, NT+1, K, V]
-    fp32 (h[:, NT] is the final state) and the chunk log decays gl [B*H, NT, K] fp32, both kept
-    for the backward. q, k, v, g may be strided (rows_layout); h0 is fp32 [B, H, K, V] or None."""
+    fp32, or bf16 with GLAConfig.bf16_states (h[:, NT] is the final state) and the chunk log decays
+    gl [B*H, NT, K] fp32, both kept for the backward. q, k, v, g may be strided (rows_layout); h0 is
+    fp32 [B, H, K, V] or None."""
     L, cfg = launch, launch.cfg
-    h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
+    h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=L.state_dtype)
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
     gc = None  # the walk's gate cumsum, kept for the output pass with cfg.output_gate_cumsum
     if L.walks:
@@ -151,7 +153,7 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
     the gate pre-activation in gate mode) into `grads` = (dq, dk, dv, dg) when given, else into new
     tensors of the input dtypes. Returns (dq, dk, dv, dg, dh0 fp32 [B, H, K, V]). do: contiguous."""
     L, cfg = launch, launch.cfg
-    dh = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=torch.float32)
+    dh = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=L.state_dtype)
     if L.walks:
         launch_state_walk(q, do, g, dh, gl, dht, scale, L, backward=True)
     else:
@@ -178,7 +180,7 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
         gla_bwd_fused_kernel[grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dk, *rows_layout(dk), dv,
                                    *rows_layout(dv), dg, dg_work, ptot, scale, L.gate_scale, L.T, L.NT, L.E,
                                    **meta, **chunk_args)
-        return dq, dk, dv, dg, dh[:, 0].reshape(L.B, L.H, L.K, L.V)
+        return dq, dk, dv, dg, dh[:, 0].reshape(L.B, L.H, L.K, L.V).float()
     grid, meta = L.tiles("bwd dq")
     gla_bwd_dq_kernel[grid](*inputs, h, do, dh, gl, dq, *rows_layout(dq), dg_work, ptot, scale,
                             L.gate_scale, L.T, L.NT, L.E, **meta, **chunk_args)
@@ -188,7 +190,7 @@ def chunk_gla_bwd(q, k, v, g, h, gl, do, dht, scale, launch: Launch, grads=None)
         if step in L.plan:
             grid, meta = L.tiles(step)
             gla_bwd_dkv_kernel[grid](*dkv_args, **meta, **chunk_args)
-    dh0 = dh[:, 0].reshape(L.B, L.H, L.K, L.V)
+    dh0 = dh[:, 0].reshape(L.B, L.H, L.K, L.V).float()
     return dq, dk, dv, dg, dh0
 
 

@@ -28,6 +28,7 @@ from .chunk_fwd import (
     load_state,
     scan_rows,
     store_rows,
+    store_state,
     sums_over_k,
 )
 from .intra import (
@@ -68,7 +69,7 @@ def gla_bwd_local_state_kernel(
     b_qd = b_q * tl.exp(tl.cumsum(b_g, axis=0)) * scale
     b_d = mma(tl.trans(b_qd), b_do, PREC)  # [BK, BV]
     p_dh = dh + (i_bh.to(tl.int64) * (NT + 1) + i_c) * K * V
-    tl.store(p_dh + o_k[:, None] * V + o_v[None, :], b_d, mask=m_k[:, None] & m_v[None, :])
+    store_state(p_dh + o_k[:, None] * V + o_v[None, :], b_d, m_k[:, None] & m_v[None, :])
 
 
 @triton.jit

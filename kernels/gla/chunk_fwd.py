@@ -81,9 +81,19 @@ def lanes(K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
 
 @triton.jit
 def load_state(ptr, slot, o_k, o_v, m_k, m_v, K: tl.constexpr, V: tl.constexpr):
-    """The fp32 [BK, BV] tile of state number `slot` (int64) in a [..., K, V] buffer."""
+    """The [BK, BV] tile of state number `slot` (int64) in a [..., K, V] buffer (fp32, or bf16 with
+    GLAConfig.bf16_states), as fp32."""
     p = ptr + slot * K * V + o_k[:, None] * V + o_v[None, :]
-    return tl.load(p, mask=m_k[:, None] & m_v[None, :], other=0.0)
+    return tl.load(p, mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_state(p, b_s, mask):
+    """Store an fp32 state tile at pointers p into a state buffer of fp32 or bf16 (rounded to the
+    nearest even, also under the interpreter, which truncates)."""
+    if p.dtype.element_ty == tl.bfloat16:
+        b_s = round_to_bf16_nearest_even(b_s)
+    tl.store(p, b_s.to(p.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -140,7 +150,7 @@ def gla_fwd_local_state_kernel(
     b_glast = tl.sum(b_g, axis=0)  # [BK]
     b_d = mma(tl.trans(b_k * decay_to_end(b_g)), b_v, PREC)
     p_h = h + (i_bh.to(tl.int64) * (NT + 1) + i_c + 1) * K * V
-    tl.store(p_h + o_k[:, None] * V + o_v[None, :], b_d, mask=m_k[:, None] & m_v[None, :])
+    store_state(p_h + o_k[:, None] * V + o_v[None, :], b_d, m_k[:, None] & m_v[None, :])
     first_v_tile = tl.program_id(2) < (K + BK - 1) // BK  # gl once per K lane
     tl.store(gl + (i_bh.to(tl.int64) * NT + i_c) * K + o_k, b_glast, mask=m_k & first_v_tile)
 

@@ -75,6 +75,12 @@ class GLAConfig:
     # output pass was 4.43 ms against fla's 3.81 for A and o at K=V=128 T=4096 (same folder,
     # kernels.csv). 0 until timed.
     output_gate_cumsum: int = 0
+    # 1 (bf16 inputs only): the chunk states h and their gradients dh are stored in bf16, as fla stores
+    # them, rounded to the nearest even; every state is still carried and summed in fp32 inside the
+    # kernels, and the final state and d initial state come back as fp32 (of bf16 values). Half the
+    # state traffic: the walk alone at K=V=128, T=4096 took 1.30 ms storing fp32 states and 0.89 with
+    # bf16 ones (bf16 dots both; reports/h200-2026-12-03e/walk_diag.csv). 0 until timed with its errors.
+    bf16_states: int = 0
     # Operands of the chunk-parallel kernels' tl.dots (the state scans have none): "fp32" at
     # dot_precision's PREC, or "bf16" (bf16 inputs only): rounded to bf16 right before each dot, one
     # bf16 tensor-core MMA with fp32 accumulation. On the H200 13-20% faster fwd+bwd, but errors
@@ -122,6 +128,16 @@ CLASS_DEFAULTS = {(64, 64): dict(output_block_inner=64), (128, 128): dict(output
 def default_config(K: int, V: int) -> GLAConfig:
     """The untuned config of a head-dim class: GLAConfig() with CLASS_DEFAULTS' fields."""
     return replace(DEFAULT_CONFIG, **CLASS_DEFAULTS.get(block_sizes(K, V), {}))
+
+
+def state_dtype(cfg: GLAConfig, dtype: torch.dtype) -> torch.dtype:
+    """dtype of the stored chunk states h and their gradients dh: fp32, or bf16 with cfg.bf16_states,
+    for bf16 inputs only (fp16 and fp32 inputs would lose more to it than their own rounding)."""
+    if not cfg.bf16_states:
+        return torch.float32
+    if dtype != torch.bfloat16:
+        raise ValueError(f"bf16_states=1 needs bf16 inputs, got {dtype}: use bf16_states=0.")
+    return torch.bfloat16
 
 
 def dot_precision(dtype: torch.dtype, interpreter: bool, dot_operands: str = "fp32") -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
-from .config import GLAConfig
+from .config import GLAConfig, state_dtype
 from .tuning import launch_config
 
 
@@ -27,7 +27,8 @@ def launch(q, v, config, reverse, transpose, gate_scale) -> Launch:
 def chunk_gla_fwd_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, h0: Tensor | None, scale: float,
                      reverse: bool, transpose: bool, config: list[int],
                      gate_scale: float | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(o [B, T, H, V], chunk states h fp32 [B*H, NT+1, K, V], chunk log decays gl fp32 [B*H, NT, K])."""
+    """(o [B, T, H, V], chunk states h [B*H, NT+1, K, V] (fp32, or bf16 with GLAConfig.bf16_states),
+    chunk log decays gl fp32 [B*H, NT, K])."""
     return chunk_gla_fwd(q, k, v, g, scale, h0, launch(q, v, config, reverse, transpose, gate_scale))
 
 
@@ -35,7 +36,8 @@ def chunk_gla_fwd_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, h0: Tensor | No
 def _(q, k, v, g, h0, scale, reverse, transpose, config, gate_scale):
     B, T, H, K = q.shape
     V, NT = v.shape[-1], (T + config[0] - 1) // config[0]
-    return (q.new_empty(B, T, H, V, dtype=v.dtype), q.new_empty(B * H, NT + 1, K, V, dtype=torch.float32),
+    h_dtype = state_dtype(GLAConfig.from_op_arguments(config), q.dtype)
+    return (q.new_empty(B, T, H, V, dtype=v.dtype), q.new_empty(B * H, NT + 1, K, V, dtype=h_dtype),
             q.new_empty(B * H, NT, K, dtype=torch.float32))
 
 
@@ -76,7 +78,7 @@ def _backward(ctx, do, dh, _dgl):
     """dh is the gradient of the chunk states; only its last slot (the final state) is exposed.
     do or dh is None when that output was not used."""
     q, k, v, g, h, gl = ctx.saved_tensors
-    dht = None if dh is None else dh[:, -1].contiguous()
+    dht = None if dh is None else dh[:, -1].float().contiguous()  # fp32, as the state passes load it
     if do is None:  # only the final state was used
         do = torch.zeros(*q.shape[:-1], v.shape[-1], device=q.device, dtype=v.dtype)
     dq, dk, dv, dg, dh0 = torch.ops.dig.chunk_gla_bwd(q, k, v, g, h, gl, do.contiguous(), dht, *ctx.arguments)
@@ -102,5 +104,5 @@ def gla_autograd(q, k, v, g, scale, initial_state, output_final_state, reverse, 
     h0 = None if initial_state is None else initial_state.float().contiguous()
     q, k, v, g = (heads_contiguous(x) for x in (q, k, v, g))
     o, h, _ = torch.ops.dig.chunk_gla_fwd(q, k, v, g, h0, scale, reverse, transpose, config, gate_scale)
-    final_state = h[:, -1].reshape(B, H, K, v.shape[-1]).clone() if output_final_state else None
+    final_state = h[:, -1].reshape(B, H, K, v.shape[-1]).float().clone() if output_final_state else None
     return o, final_state

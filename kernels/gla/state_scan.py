@@ -17,6 +17,8 @@ shrinks (``scan_tiles``), which at 2 chunks is the old kernel's [32, 32] tile ag
 import triton
 import triton.language as tl
 
+from .chunk_fwd import store_state
+
 # At most 16 chunks per scanned group: [16, 8, 32] fp32 tiles are 32 values per thread at 4 warps, with
 # ~5 such tensors live; the launcher keeps GROUP * BK near 16 * 8 for shorter sequences.
 MAX_GROUP = 16
@@ -54,7 +56,7 @@ def chunk_state_scan_kernel(
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_X0:
         b_s = tl.load(x0 + i_bh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-    tl.store(p_x + (NT * K * V if BACKWARD else 0) + o_kv, b_s, mask=m_kv)
+    store_state(p_x + (NT * K * V if BACKWARD else 0) + o_kv, b_s, m_kv)
     n_groups = tl.cdiv(NT, GROUP)
     for i_r in range(n_groups):
         i_grp = n_groups - 1 - i_r if BACKWARD else i_r
@@ -64,13 +66,13 @@ def chunk_state_scan_kernel(
         slot = (o_c if BACKWARD else o_c + 1).to(tl.int64)
         p_u = p_x + slot[:, None, None] * K * V + o_kv[None, :, :]
         m_u = m_c[:, None, None] & m_kv[None, :, :]
-        b_u = tl.load(p_u, mask=m_u, other=0.0)  # [GROUP, BK, BV]
+        b_u = tl.load(p_u, mask=m_u, other=0.0).to(tl.float32)  # [GROUP, BK, BV]
         p_a = p_gl + o_c[:, None] * K + o_k[None, :]
         b_a = tl.exp(tl.load(p_a, mask=m_c[:, None] & (o_k < K)[None, :], other=0.0))  # 1 outside: identity
         b_a = tl.broadcast_to(b_a[:, :, None], (GROUP, BK, BV))
         b_A, b_U = tl.associative_scan((b_a, b_u), axis=0, combine_fn=_then, reverse=BACKWARD)
         b_out = b_A * b_s[None, :, :] + b_U
-        tl.store(p_u, b_out, mask=m_u)
+        store_state(p_u, b_out, m_u)
         # the state handed to the next group: the last chunk's (forward) or the first one's (backward)
         last = tl.minimum(NT - i_grp * GROUP, GROUP) - 1
         handed = 0 if BACKWARD else last

@@ -18,7 +18,7 @@ walk -> cumsum pass + walk; .diag prototype, 2026-12-03): K=V=128 4.22 -> 0.60 +
 import triton
 import triton.language as tl
 
-from .chunk_fwd import head_offset, lanes, load_log_gates, scan_rows
+from .chunk_fwd import head_offset, lanes, load_log_gates, scan_rows, store_state
 from .intra import mma
 
 
@@ -55,9 +55,10 @@ def chunk_state_walk_kernel(
     USE_X0: tl.constexpr, BACKWARD: tl.constexpr, REVERSE: tl.constexpr, TRANSPOSE: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """x [B*H, NT+1, K, V] fp32, every slot written; grid (1, B*H, state tiles) (chunk_fwd.lanes); gc
-    the gate cumsum of gate_cumsum_kernel. A chunk's decay is gc at its last position in the
-    sequence, G_last, so that token's decay exp(G_last - G_last) is exactly 1.
+    """x [B*H, NT+1, K, V] fp32 (or bf16: GLAConfig.bf16_states), every slot written; grid (1, B*H,
+    state tiles) (chunk_fwd.lanes); gc the gate cumsum of gate_cumsum_kernel. A chunk's decay is gc
+    at its last position in the sequence, G_last, so that token's decay exp(G_last - G_last) is
+    exactly 1.
 
     Forward (a = k, b = v): x[c] is the state entering chunk c, x[0] = x0 (or 0), x[NT] the final
     state; chunk c takes S = exp(G_last) S + sum_j (k_j exp(G_last - G_j))^T v_j. gl[c] = G_last is
@@ -73,16 +74,17 @@ def chunk_state_walk_kernel(
     p_x = x + i_bh.to(tl.int64) * (NT + 1) * K * V + o_k[:, None] * V + o_v[None, :]
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_X0:
-        b_s = tl.load(x0 + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
+        b_s = tl.load(x0 + i_bh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_kv,
+                      other=0.0).to(tl.float32)
     first_v_tile = tl.program_id(2) < (K + BK - 1) // BK  # the forward writes gl once per K lane
     if BACKWARD:
-        tl.store(p_x + NT * K * V, b_s, mask=m_kv)
+        store_state(p_x + NT * K * V, b_s, m_kv)
     for i_r in range(NT):
         i_c = i_r
         if BACKWARD:
             i_c = NT - 1 - i_r
         else:
-            tl.store(p_x + i_c * K * V, b_s, mask=m_kv)
+            store_state(p_x + i_c * K * V, b_s, m_kv)
         o_t, m_t = scan_rows(i_c * BT, T, E, BT, REVERSE, TRANSPOSE)
         o_i = i_c * BT + tl.arange(0, BT)
         b_at = load_cols(p_a, o_t, m_t, o_k, m_k, a_st)  # [BK, BT]
@@ -97,6 +99,6 @@ def chunk_state_walk_kernel(
             b_at = b_at * tl.exp(b_glast[:, None] - b_gct)
         b_s = b_s * tl.exp(b_glast)[:, None] + mma(b_at, b_b, PREC)
         if BACKWARD:
-            tl.store(p_x + i_c * K * V, b_s, mask=m_kv)  # entering chunk c
+            store_state(p_x + i_c * K * V, b_s, m_kv)  # entering chunk c
     if not BACKWARD:
-        tl.store(p_x + NT * K * V, b_s, mask=m_kv)
+        store_state(p_x + NT * K * V, b_s, m_kv)
