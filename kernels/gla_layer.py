@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from kernels.gla.chunk import Launch, chunk_gla_bwd, chunk_gla_fwd
-from kernels.gla.config import GLAConfig, state_dtype
+from kernels.gla.config import GLAConfig
+from kernels.gla.ops import fake_states
 from kernels.gla.scan_order import scan_flags
 from kernels.gla.torch_chunk import chunk_gla_torch
 from kernels.gla.tuning import launch_config
@@ -71,11 +72,8 @@ def gla_layer_fwd(proj: Tensor, gate_up_weight: Tensor, gate_up_bias: Tensor, no
 def _(proj, gate_up_weight, gate_up_bias, norm_weight, heads, head_k, head_v, reverse, transpose, config,
       gate_scale, eps):
     N, T, _ = proj.shape
-    NT = (T + config[0] - 1) // config[0]
     return (proj.new_empty(N, T, heads * head_v), proj.new_empty(N, T, heads, head_v),
-            proj.new_empty(N * heads, NT + 1, head_k, head_v,
-                           dtype=state_dtype(GLAConfig.from_op_arguments(config), proj.dtype)),
-            proj.new_empty(N * heads, NT, head_k, dtype=torch.float32),
+            *fake_states(proj, N * heads, T, head_k, head_v, config),
             proj.new_empty(N * T * heads, dtype=torch.float32))
 
 

@@ -126,10 +126,10 @@ def chunk_gla_fwd(q, k, v, g, scale, h0, launch: Launch):
     L, cfg = launch, launch.cfg
     h = torch.empty(L.B * L.H, L.NT + 1, L.K, L.V, device=q.device, dtype=L.state_dtype)
     gl = torch.empty(L.B * L.H, L.NT, L.K, device=q.device, dtype=torch.float32)
-    gc = None  # the walk's gate cumsum, kept for the output pass with cfg.output_gate_cumsum
+    gc = None  # the walk's gate cumsum, for the output pass with cfg.output_gate_cumsum
     if L.walks:
-        gc = launch_state_walk(k, v, g, h, gl, h0, 1.0, L, backward=False)
-        gc = gc if cfg.output_gate_cumsum else None
+        walk_cumsum = launch_state_walk(k, v, g, h, gl, h0, 1.0, L, backward=False)
+        gc = walk_cumsum if cfg.output_gate_cumsum else None
     else:
         grid, meta = L.tiles("fwd local state")
         gla_fwd_local_state_kernel[grid](

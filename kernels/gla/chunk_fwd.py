@@ -173,9 +173,17 @@ def load_gate_cumsum(p_gc, i_c, T, m_t, o_k, m_k, K: tl.constexpr, BT: tl.conste
     the cumsum at the chunk's last position in the sequence, as gate_total_at_last_token reads it, and
     positions past the sequence hold it, as they do in chunk_gate_cumsum (their gates are 0)."""
     o_i = i_c * BT + tl.arange(0, BT)
-    b_glast = tl.load(p_gc + (tl.minimum(i_c * BT + BT, T) - 1) * K + o_k, mask=m_k, other=0.0)
+    b_glast = cumsum_at_chunk_end(p_gc + o_k, i_c, T, m_k, K, BT)
     b_gc = tl.load(p_gc + o_i[:, None] * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
     return tl.where(m_t[:, None], b_gc, b_glast[None, :]), b_glast
+
+
+@triton.jit
+def cumsum_at_chunk_end(p_gck, i_c, T, m_k, K: tl.constexpr, BT: tl.constexpr):
+    """[BK] gate total of chunk c: a [T, K] fp32 gate cumsum (state_walk.gate_cumsum_kernel; p_gck
+    already at the K lanes) at the chunk's last position in the sequence, so that the decay of that
+    token, exp(total - its cumsum), is exactly 1."""
+    return tl.load(p_gck + (tl.minimum(i_c * BT + BT, T) - 1) * K, mask=m_k, other=0.0)
 
 
 @triton.jit

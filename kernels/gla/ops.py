@@ -32,13 +32,20 @@ def chunk_gla_fwd_op(q: Tensor, k: Tensor, v: Tensor, g: Tensor, h0: Tensor | No
     return chunk_gla_fwd(q, k, v, g, scale, h0, launch(q, v, config, reverse, transpose, gate_scale))
 
 
+def fake_states(like: Tensor, batch_heads: int, T: int, K: int, V: int, config: list[int]) -> tuple:
+    """Shape-only chunk states h [batch_heads, NT+1, K, V] (chunk.Launch.state_dtype) and log decays gl
+    [batch_heads, NT, K] fp32 of a call with these op config arguments and inputs of like's dtype."""
+    cfg = GLAConfig.from_op_arguments(config)
+    NT = (T + cfg.chunk_size - 1) // cfg.chunk_size
+    return (like.new_empty(batch_heads, NT + 1, K, V, dtype=state_dtype(cfg, like.dtype)),
+            like.new_empty(batch_heads, NT, K, dtype=torch.float32))
+
+
 @chunk_gla_fwd_op.register_fake
 def _(q, k, v, g, h0, scale, reverse, transpose, config, gate_scale):
     B, T, H, K = q.shape
-    V, NT = v.shape[-1], (T + config[0] - 1) // config[0]
-    h_dtype = state_dtype(GLAConfig.from_op_arguments(config), q.dtype)
-    return (q.new_empty(B, T, H, V, dtype=v.dtype), q.new_empty(B * H, NT + 1, K, V, dtype=h_dtype),
-            q.new_empty(B * H, NT, K, dtype=torch.float32))
+    V = v.shape[-1]
+    return (q.new_empty(B, T, H, V, dtype=v.dtype), *fake_states(q, B * H, T, K, V, config))
 
 
 @torch.library.custom_op("dig::chunk_gla_bwd", mutates_args=())
@@ -104,5 +111,7 @@ def gla_autograd(q, k, v, g, scale, initial_state, output_final_state, reverse, 
     h0 = None if initial_state is None else initial_state.float().contiguous()
     q, k, v, g = (heads_contiguous(x) for x in (q, k, v, g))
     o, h, _ = torch.ops.dig.chunk_gla_fwd(q, k, v, g, h0, scale, reverse, transpose, config, gate_scale)
-    final_state = h[:, -1].reshape(B, H, K, v.shape[-1]).float().clone() if output_final_state else None
+    final_state = None
+    if output_final_state:  # one fp32 copy, of fp32 or bf16 states
+        final_state = h[:, -1].reshape(B, H, K, v.shape[-1]).to(torch.float32, copy=True)
     return o, final_state

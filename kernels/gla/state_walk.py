@@ -18,7 +18,15 @@ walk -> cumsum pass + walk; .diag prototype, 2026-12-03): K=V=128 4.22 -> 0.60 +
 import triton
 import triton.language as tl
 
-from .chunk_fwd import head_offset, lanes, load_log_gates, scan_rows, store_state
+from .chunk_fwd import (
+    cumsum_at_chunk_end,
+    head_offset,
+    lanes,
+    load_log_gates,
+    load_rows,
+    scan_rows,
+    store_state,
+)
 from .intra import mma
 
 
@@ -89,9 +97,8 @@ def chunk_state_walk_kernel(
         o_i = i_c * BT + tl.arange(0, BT)
         b_at = load_cols(p_a, o_t, m_t, o_k, m_k, a_st)  # [BK, BT]
         b_gct = tl.load(p_gc[:, None] + o_i[None, :] * K, mask=m_k[:, None] & m_t[None, :], other=0.0)
-        b_glast = tl.load(p_gc + (tl.minimum(i_c * BT + BT, T) - 1) * K, mask=m_k, other=0.0)  # [BK]
-        b_b = tl.load(p_b + o_t[:, None] * b_st + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                      other=0.0).to(tl.float32)  # [BT, BV]
+        b_glast = cumsum_at_chunk_end(p_gc, i_c, T, m_k, K, BT)  # [BK]
+        b_b = load_rows(p_b, o_t, m_t, o_v, m_v, b_st)  # [BT, BV]
         if BACKWARD:
             b_at = b_at * tl.exp(b_gct) * scale
         else:
